@@ -1,0 +1,21 @@
+"""CLIP helpers: loading weights, precision, and running CLIP's transformers with prompts."""
+
+from promptdiff.backbone.loader import (
+    WeightsError,
+    cast_for_precision,
+    load_clip,
+    read_state_dict,
+    resolve_weights,
+    save_tiny_clip,
+    tiny_clip,
+)
+
+__all__ = [
+    "WeightsError",
+    "cast_for_precision",
+    "load_clip",
+    "read_state_dict",
+    "resolve_weights",
+    "save_tiny_clip",
+    "tiny_clip",
+]
