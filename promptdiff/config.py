@@ -1,0 +1,70 @@
+"""Trainer config keys: the baselines' upstream namespaces plus TRAINER.PD for prompt diffusion."""
+
+from __future__ import annotations
+
+from yacs.config import CfgNode as CN
+
+
+def extend_cfg(cfg: CN) -> CN:
+    """Add every trainer key to a default config (train.py does this before merging files)."""
+    cfg.TRAINER.COOP = CN()
+    cfg.TRAINER.COOP.N_CTX = 16
+    cfg.TRAINER.COOP.CSC = False
+    cfg.TRAINER.COOP.CTX_INIT = ""
+    cfg.TRAINER.COOP.PREC = "fp16"
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"
+
+    cfg.TRAINER.COCOOP = CN()
+    cfg.TRAINER.COCOOP.N_CTX = 16
+    cfg.TRAINER.COCOOP.CTX_INIT = ""
+    cfg.TRAINER.COCOOP.PREC = "fp16"
+
+    cfg.TRAINER.VPT = CN()
+    cfg.TRAINER.VPT.N_CTX_VISION = 2
+    cfg.TRAINER.VPT.CTX_INIT = "a photo of a"
+    cfg.TRAINER.VPT.PREC = "fp16"
+    cfg.TRAINER.VPT.PROMPT_DEPTH_VISION = 1
+
+    cfg.TRAINER.MAPLE = CN()
+    cfg.TRAINER.MAPLE.N_CTX = 2
+    cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"
+    cfg.TRAINER.MAPLE.PREC = "fp16"
+    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9
+
+    cfg.TRAINER.ZSCLIP = CN()
+    cfg.TRAINER.ZSCLIP.PREC = "fp16"
+
+    pd = cfg.TRAINER.PD = CN()
+    # schedule: -1 = the first 80 % of OPTIM.MAX_EPOCH train the baseline, the rest is stage 2
+    pd.STAGE1_EPOCHS = -1
+    # per-sample overfitting
+    pd.OVERFIT_STEPS = 10
+    pd.OVERFIT_LR = 0.01
+    pd.OVERFIT_OPTIM = "adam"
+    # what is diffused and how
+    pd.TARGET = "residual"  # residual (p* - p) | absolute (p*)
+    pd.FORMULATION = "vp"  # vp (DDPM) | flow (rectified flow)
+    pd.SCHEDULE = "linear"  # linear | cosine (vp only)
+    pd.TIMESTEPS = 100
+    pd.PREDICTION = "x0"  # x0 | eps | v
+    pd.SAMPLER = "ddim"  # ddim | euler | heun | dpmpp_2m
+    pd.STEPS = 5
+    pd.NUM_SAMPLES = 1  # M noise draws whose logits are averaged at test time
+    pd.NOISE_SEED = 0
+    # denoiser
+    pd.DEPTH = 4
+    pd.WIDTH = 256
+    pd.HEADS = 8
+    pd.DROPOUT = 0.1
+    pd.EMA = 0.999  # 0 disables the EMA copy
+    # stage-2 optimisation
+    pd.LR = 1e-3
+    pd.WEIGHT_DECAY = 0.0
+    pd.DIFF_WEIGHT = 10.0
+    pd.CE_WEIGHT = 1.0  # cross-entropy through the one-step generated prompt; 0 disables it
+    pd.UPDATE_BASE = False  # keep training the baseline's prompt in stage 2
+    # VPTDiff: diffuse only the first N prompt layers (0 = all)
+    pd.DIFFUSE_LAYERS = 0
+    # text encoder chunk (sequences per forward) for per-image class prompts; 0 = no chunking
+    pd.TEXT_CHUNK = 0
+    return cfg

@@ -1,0 +1,74 @@
+"""Checkpoints in Dassl's layout (<model>/model.pth.tar-<epoch> + `checkpoint`), safe to load."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import OrderedDict
+
+import torch
+
+from promptdiff.engine.utils import atomic_write, logger, torch_save_atomic
+
+
+def save_checkpoint(state: dict, save_dir: str, is_best: bool = False, model_name: str = "") -> str:
+    """Save `state` as save_dir/model_name (default model.pth.tar-<epoch>) and record it."""
+    os.makedirs(save_dir, exist_ok=True)
+    state = dict(state)
+    state["state_dict"] = OrderedDict(
+        (k[7:] if k.startswith("module.") else k, v) for k, v in state["state_dict"].items()
+    )
+    if not model_name:
+        model_name = f"model.pth.tar-{state['epoch']}"
+    fpath = os.path.join(save_dir, model_name)
+    torch_save_atomic(state, fpath)
+    logger.info(f"Checkpoint saved to {fpath}")
+    atomic_write(os.path.join(save_dir, "checkpoint"), lambda f: f.write(f"{model_name}\n"))
+    if is_best:
+        best = os.path.join(save_dir, "model-best.pth.tar")
+        tmp = best + ".tmp"
+        shutil.copy(fpath, tmp)
+        os.replace(tmp, best)
+        logger.info(f'Best checkpoint saved to "{best}"')
+    return fpath
+
+
+def load_checkpoint(fpath: str) -> dict:
+    """Load a checkpoint with torch's safe defaults; a missing or broken file is one clear error."""
+    if not os.path.isfile(fpath):
+        raise FileNotFoundError(
+            f"Checkpoint {fpath} does not exist; check --model-dir and --load-epoch."
+        )
+    try:
+        return torch.load(fpath, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RuntimeError(
+            f"Cannot read checkpoint {fpath} ({type(exc).__name__}: {exc}); it is damaged or was "
+            f"not written by this project: retrain or point --model-dir elsewhere."
+        ) from exc
+
+
+def last_checkpoint_name(directory: str) -> str | None:
+    """The file named in directory/checkpoint, or None when there is no finished checkpoint."""
+    record = os.path.join(directory, "checkpoint")
+    if not os.path.isfile(record):
+        return None
+    with open(record) as f:
+        name = f.readline().strip()
+    return name if name and os.path.isfile(os.path.join(directory, name)) else None
+
+
+def resume_from_checkpoint(fdir: str, model, optimizer=None, scheduler=None) -> int:
+    """Restore the last checkpoint in fdir into model/optimizer/scheduler; return the next epoch."""
+    name = last_checkpoint_name(fdir)
+    if name is None:
+        raise FileNotFoundError(f"No checkpoint recorded in {fdir}.")
+    fpath = os.path.join(fdir, name)
+    logger.info(f"Loading checkpoint from {fpath}")
+    ckpt = load_checkpoint(fpath)
+    model.load_state_dict(ckpt["state_dict"])
+    if optimizer is not None and ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler"):
+        scheduler.load_state_dict(ckpt["scheduler"])
+    return int(ckpt["epoch"])

@@ -1,0 +1,139 @@
+"""Dassl-compatible yacs defaults; unknown keys in a yaml file or on the command line are errors."""
+
+from __future__ import annotations
+
+import os
+
+from yacs.config import CfgNode as CN
+
+
+class ConfigError(ValueError):
+    """A config file or option names a key or value the project does not know."""
+
+
+def get_cfg_default() -> CN:
+    """Every key the CoOp-family configs use, with Dassl's defaults."""
+    _C = CN()
+    _C.VERSION = 1
+    _C.OUTPUT_DIR = "./output"
+    _C.RESUME = ""
+    _C.SEED = -1
+    _C.USE_CUDA = True
+    _C.VERBOSE = True
+
+    _C.INPUT = CN()
+    _C.INPUT.SIZE = (224, 224)
+    _C.INPUT.INTERPOLATION = "bilinear"
+    _C.INPUT.TRANSFORMS = ()
+    _C.INPUT.NO_TRANSFORM = False
+    _C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
+    _C.INPUT.PIXEL_STD = [0.229, 0.224, 0.225]
+    _C.INPUT.CROP_PADDING = 4
+    _C.INPUT.RRCROP_SCALE = (0.08, 1.0)
+
+    _C.DATASET = CN()
+    _C.DATASET.ROOT = ""
+    _C.DATASET.NAME = ""
+    _C.DATASET.SOURCE_DOMAINS = ()
+    _C.DATASET.TARGET_DOMAINS = ()
+    _C.DATASET.NUM_LABELED = -1
+    _C.DATASET.NUM_SHOTS = -1
+    _C.DATASET.VAL_PERCENT = 0.1
+    _C.DATASET.SUBSAMPLE_CLASSES = "all"
+
+    _C.DATALOADER = CN()
+    _C.DATALOADER.NUM_WORKERS = 4
+    _C.DATALOADER.K_TRANSFORMS = 1
+    _C.DATALOADER.RETURN_IMG0 = False
+    _C.DATALOADER.TRAIN_X = CN()
+    _C.DATALOADER.TRAIN_X.SAMPLER = "RandomSampler"
+    _C.DATALOADER.TRAIN_X.BATCH_SIZE = 32
+    _C.DATALOADER.TRAIN_X.N_DOMAIN = 0
+    _C.DATALOADER.TRAIN_X.N_INS = 16
+    _C.DATALOADER.TEST = CN()
+    _C.DATALOADER.TEST.SAMPLER = "SequentialSampler"
+    _C.DATALOADER.TEST.BATCH_SIZE = 32
+
+    _C.MODEL = CN()
+    _C.MODEL.INIT_WEIGHTS = ""
+    _C.MODEL.BACKBONE = CN()
+    _C.MODEL.BACKBONE.NAME = ""
+    _C.MODEL.BACKBONE.PRETRAINED = True
+    # A local CLIP weights file (OpenAI JIT archive or state dict); wins over NAME's download.
+    _C.MODEL.BACKBONE.PATH = ""
+    _C.MODEL.HEAD = CN()
+    _C.MODEL.HEAD.NAME = ""
+    _C.MODEL.HEAD.HIDDEN_LAYERS = ()
+    _C.MODEL.HEAD.ACTIVATION = "relu"
+    _C.MODEL.HEAD.BN = True
+    _C.MODEL.HEAD.DROPOUT = 0.0
+
+    _C.OPTIM = CN()
+    _C.OPTIM.NAME = "adam"
+    _C.OPTIM.LR = 0.0003
+    _C.OPTIM.WEIGHT_DECAY = 5e-4
+    _C.OPTIM.MOMENTUM = 0.9
+    _C.OPTIM.SGD_DAMPNING = 0
+    _C.OPTIM.SGD_NESTEROV = False
+    _C.OPTIM.RMSPROP_ALPHA = 0.99
+    _C.OPTIM.ADAM_BETA1 = 0.9
+    _C.OPTIM.ADAM_BETA2 = 0.999
+    _C.OPTIM.STAGED_LR = False
+    _C.OPTIM.NEW_LAYERS = ()
+    _C.OPTIM.BASE_LR_MULT = 0.1
+    _C.OPTIM.LR_SCHEDULER = "single_step"
+    _C.OPTIM.STEPSIZE = (-1,)
+    _C.OPTIM.GAMMA = 0.1
+    _C.OPTIM.MAX_EPOCH = 10
+    _C.OPTIM.WARMUP_EPOCH = -1
+    _C.OPTIM.WARMUP_TYPE = "linear"
+    _C.OPTIM.WARMUP_CONS_LR = 1e-5
+    _C.OPTIM.WARMUP_MIN_LR = 1e-5
+    _C.OPTIM.WARMUP_RECOUNT = True
+
+    _C.TRAIN = CN()
+    _C.TRAIN.CHECKPOINT_FREQ = 0
+    _C.TRAIN.PRINT_FREQ = 10
+    _C.TRAIN.COUNT_ITER = "train_x"
+
+    _C.TEST = CN()
+    _C.TEST.EVALUATOR = "Classification"
+    _C.TEST.PER_CLASS_RESULT = False
+    _C.TEST.COMPUTE_CMAT = False
+    _C.TEST.NO_TEST = False
+    _C.TEST.SPLIT = "test"
+    _C.TEST.FINAL_MODEL = "last_step"
+
+    _C.TRAINER = CN()
+    _C.TRAINER.NAME = ""
+    return _C
+
+
+def _describe_key_error(exc: Exception) -> str:
+    msg = str(exc).strip("'\"")
+    return msg[0].lower() + msg[1:] if msg else "invalid key"
+
+
+def merge_file(cfg: CN, path: str) -> None:
+    """Merge a yaml file; an unknown key or mistyped value is one ConfigError naming the file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file {path!r} does not exist; check the path.")
+    try:
+        cfg.merge_from_file(path)
+    except (KeyError, ValueError, AssertionError) as exc:
+        raise ConfigError(
+            f"Config file {path!r}: {_describe_key_error(exc)}; fix or remove that entry "
+            f"(the known keys are in promptdiff/engine/config.py and promptdiff/config.py)."
+        ) from exc
+
+
+def merge_opts(cfg: CN, opts: list) -> None:
+    """Merge trailing KEY VALUE command-line options with the same error style as files."""
+    if len(opts) % 2:
+        raise ConfigError(f"Command-line options must come in KEY VALUE pairs (got {opts}).")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as exc:
+        raise ConfigError(
+            f"Command-line option: {_describe_key_error(exc)}; fix or remove it."
+        ) from exc

@@ -1,0 +1,262 @@
+"""Datum, DatasetBase, transforms and DataManager with Dassl's names, meanings and RNG order."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import defaultdict
+
+import torch
+from PIL import Image
+from tabulate import tabulate
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+from torchvision import transforms as T
+
+from promptdiff.engine.registry import build_dataset
+from promptdiff.engine.utils import logger
+
+
+class Datum:
+    """One image: path, label, domain and class name; the image file must exist."""
+
+    def __init__(self, impath: str = "", label: int = 0, domain: int = 0, classname: str = ""):
+        if not isinstance(impath, str):
+            raise TypeError(f"Datum impath must be a str (got {type(impath).__name__}).")
+        if not os.path.isfile(impath):
+            raise FileNotFoundError(
+                f"Image file {impath} does not exist; check DATASET.ROOT and the dataset layout "
+                f"(see DATASETS.md)."
+            )
+        self._impath = impath
+        self._label = label
+        self._domain = domain
+        self._classname = classname
+
+    impath = property(lambda self: self._impath)
+    label = property(lambda self: self._label)
+    domain = property(lambda self: self._domain)
+    classname = property(lambda self: self._classname)
+
+    def __repr__(self) -> str:
+        return f"Datum({self._impath!r}, {self._label}, {self._domain}, {self._classname!r})"
+
+
+class DatasetBase:
+    """Holds train_x / train_u / val / test lists of Datum and derives the class information."""
+
+    dataset_dir = ""
+    domains: list = []
+
+    def __init__(self, train_x=None, train_u=None, val=None, test=None):
+        self._train_x = train_x
+        self._train_u = train_u
+        self._val = val
+        self._test = test
+        self._num_classes = self.get_num_classes(train_x)
+        self._lab2cname, self._classnames = self.get_lab2cname(train_x)
+
+    train_x = property(lambda self: self._train_x)
+    train_u = property(lambda self: self._train_u)
+    val = property(lambda self: self._val)
+    test = property(lambda self: self._test)
+    lab2cname = property(lambda self: self._lab2cname)
+    classnames = property(lambda self: self._classnames)
+    num_classes = property(lambda self: self._num_classes)
+
+    @staticmethod
+    def get_num_classes(data_source) -> int:
+        return max(item.label for item in data_source) + 1 if data_source else 0
+
+    @staticmethod
+    def get_lab2cname(data_source):
+        """Label -> class name, and the class names ordered by label."""
+        mapping = {item.label: item.classname for item in data_source or []}
+        labels = sorted(mapping)
+        return mapping, [mapping[label] for label in labels]
+
+    @staticmethod
+    def split_dataset_by_label(data_source) -> dict:
+        """Group items by label, keeping the order in which labels first appear."""
+        output = defaultdict(list)
+        for item in data_source:
+            output[item.label].append(item)
+        return output
+
+    @staticmethod
+    def split_dataset_by_domain(data_source) -> dict:
+        output = defaultdict(list)
+        for item in data_source:
+            output[item.domain].append(item)
+        return output
+
+    def generate_fewshot_dataset(self, *data_sources, num_shots: int = -1, repeat: bool = False):
+        """K items per label via random.sample, consuming Python's `random` in Dassl's order."""
+        if num_shots < 1:
+            return data_sources[0] if len(data_sources) == 1 else data_sources
+        logger.info(f"Creating a {num_shots}-shot dataset")
+        output = []
+        for data_source in data_sources:
+            dataset = []
+            for items in self.split_dataset_by_label(data_source).values():
+                if len(items) >= num_shots:
+                    dataset.extend(random.sample(items, num_shots))
+                elif repeat:
+                    dataset.extend(random.choices(items, k=num_shots))
+                else:
+                    dataset.extend(items)
+            output.append(dataset)
+        return output[0] if len(output) == 1 else output
+
+
+INTERPOLATION_MODES = {
+    "bilinear": T.InterpolationMode.BILINEAR,
+    "bicubic": T.InterpolationMode.BICUBIC,
+    "nearest": T.InterpolationMode.NEAREST,
+}
+KNOWN_TRANSFORMS = {"random_resized_crop", "random_flip", "random_crop", "center_crop", "normalize"}
+
+
+def build_transform(cfg, is_train: bool = True) -> T.Compose:
+    """Dassl's train / test pipelines for the subset of INPUT.TRANSFORMS the CoOp family uses."""
+    choices = list(cfg.INPUT.TRANSFORMS)
+    unknown = [c for c in choices if c not in KNOWN_TRANSFORMS]
+    if unknown:
+        raise ValueError(
+            f"INPUT.TRANSFORMS has unknown entries {unknown}; use any of {sorted(KNOWN_TRANSFORMS)}."
+        )
+    if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
+        raise ValueError(
+            f"INPUT.INTERPOLATION {cfg.INPUT.INTERPOLATION!r} is unknown; use one of "
+            f"{sorted(INTERPOLATION_MODES)}."
+        )
+    interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
+    size = tuple(cfg.INPUT.SIZE)
+    tfms = []
+    if is_train:
+        if "random_resized_crop" in choices:
+            tfms.append(
+                T.RandomResizedCrop(size, scale=tuple(cfg.INPUT.RRCROP_SCALE), interpolation=interp)
+            )
+        elif "random_crop" in choices:
+            tfms += [
+                T.Resize(size, interpolation=interp),
+                T.RandomCrop(size, padding=cfg.INPUT.CROP_PADDING),
+            ]
+        else:
+            tfms.append(T.Resize(size, interpolation=interp))
+        if "random_flip" in choices:
+            tfms.append(T.RandomHorizontalFlip())
+    else:
+        tfms += [T.Resize(max(size), interpolation=interp), T.CenterCrop(size)]
+    tfms.append(T.ToTensor())
+    if "normalize" in choices:
+        tfms.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
+    return T.Compose(tfms)
+
+
+def read_image(path: str) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class DatasetWrapper(Dataset):
+    """Loads and transforms one Datum into Dassl's batch dict."""
+
+    def __init__(self, data_source, transform):
+        self.data_source = data_source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def __getitem__(self, idx: int) -> dict:
+        item = self.data_source[idx]
+        return {
+            "img": self.transform(read_image(item.impath)),
+            "label": item.label,
+            "domain": item.domain,
+            "impath": item.impath,
+            "index": idx,
+        }
+
+
+def build_data_loader(cfg, sampler_type: str, data_source, batch_size: int, tfm, is_train: bool):
+    """A DataLoader with Dassl's rules: drop_last only for training data of at least one batch."""
+    if not data_source:
+        raise ValueError("Cannot build a data loader from an empty data source; check the split.")
+    if sampler_type == "RandomSampler":
+        sampler = RandomSampler(data_source)
+    elif sampler_type == "SequentialSampler":
+        sampler = SequentialSampler(data_source)
+    else:
+        raise ValueError(
+            f"Sampler {sampler_type!r} is not supported; use RandomSampler or SequentialSampler."
+        )
+    loader = DataLoader(
+        DatasetWrapper(data_source, tfm),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        drop_last=is_train and len(data_source) >= batch_size,
+        pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
+    )
+    if len(loader) == 0:
+        raise ValueError("The data loader is empty; check the dataset and the batch size.")
+    return loader
+
+
+class DataManager:
+    """Builds the dataset named in the config and its train / val / test loaders."""
+
+    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
+        dataset = build_dataset(cfg)
+        tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
+        tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
+        self.train_loader_x = build_data_loader(
+            cfg,
+            cfg.DATALOADER.TRAIN_X.SAMPLER,
+            dataset.train_x,
+            cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
+            tfm_train,
+            is_train=True,
+        )
+        self.train_loader_u = None
+        self.val_loader = None
+        if dataset.val:
+            self.val_loader = build_data_loader(
+                cfg,
+                cfg.DATALOADER.TEST.SAMPLER,
+                dataset.val,
+                cfg.DATALOADER.TEST.BATCH_SIZE,
+                tfm_test,
+                is_train=False,
+            )
+        self.test_loader = build_data_loader(
+            cfg,
+            cfg.DATALOADER.TEST.SAMPLER,
+            dataset.test,
+            cfg.DATALOADER.TEST.BATCH_SIZE,
+            tfm_test,
+            is_train=False,
+        )
+        self._num_classes = dataset.num_classes
+        self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
+        self._lab2cname = dataset.lab2cname
+        self.dataset = dataset
+        self.tfm_train = tfm_train
+        self.tfm_test = tfm_test
+        if cfg.VERBOSE:
+            self.show_dataset_summary(cfg)
+
+    num_classes = property(lambda self: self._num_classes)
+    num_source_domains = property(lambda self: self._num_source_domains)
+    lab2cname = property(lambda self: self._lab2cname)
+
+    def show_dataset_summary(self, cfg) -> None:
+        ds = self.dataset
+        rows = [["Dataset", cfg.DATASET.NAME], ["# classes", f"{self.num_classes:,}"]]
+        rows.append(["# train_x", f"{len(ds.train_x):,}"])
+        if ds.val:
+            rows.append(["# val", f"{len(ds.val):,}"])
+        rows.append(["# test", f"{len(ds.test):,}"])
+        logger.info(tabulate(rows))

@@ -1,0 +1,367 @@
+"""TrainerBase -> SimpleTrainer -> TrainerX: Dassl's template-method training loop."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from promptdiff.engine.checkpoint import (
+    last_checkpoint_name,
+    load_checkpoint,
+    resume_from_checkpoint,
+    save_checkpoint,
+)
+from promptdiff.engine.data import DataManager
+from promptdiff.engine.evaluator import build_evaluator
+from promptdiff.engine.utils import AverageMeter, MetricMeter, logger, write_json
+
+
+class TrainerBase:
+    """Model registry, checkpointing and the epoch loop; subclasses fill in the hooks."""
+
+    def __init__(self):
+        self._models: OrderedDict[str, nn.Module] = OrderedDict()
+        self._optims: OrderedDict = OrderedDict()
+        self._scheds: OrderedDict = OrderedDict()
+        self._writer = None
+
+    def register_model(self, name: str = "model", model=None, optim=None, sched=None) -> None:
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Call super().__init__() before register_model().")
+        if name in self._models:
+            raise KeyError(f"A model named {name!r} is already registered.")
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names=None) -> list[str]:
+        names_real = list(self._models.keys())
+        if names is None:
+            return names_real
+        names = [names] if isinstance(names, str) else names
+        for name in names:
+            if name not in names_real:
+                raise KeyError(f"No model named {name!r}; registered: {names_real}.")
+        return names
+
+    def save_model(self, epoch: int, directory: str, is_best=False, val_result=None, model_name=""):
+        for name in self.get_model_names():
+            model = self._models[name]
+            optim, sched = self._optims[name], self._scheds[name]
+            save_checkpoint(
+                {
+                    "state_dict": self.model_state_dict(name, model),
+                    "epoch": epoch + 1,
+                    "optimizer": optim.state_dict() if optim is not None else None,
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "val_result": val_result,
+                },
+                os.path.join(directory, name),
+                is_best=is_best,
+                model_name=model_name,
+            )
+
+    def model_state_dict(self, name: str, model: nn.Module) -> dict:
+        """What a checkpoint stores for a model; trainers keep only their trainable tensors."""
+        return model.state_dict()
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        names = self.get_model_names()
+        if not all(last_checkpoint_name(os.path.join(directory, n)) for n in names):
+            logger.info("No checkpoint found, train from scratch")
+            return 0
+        logger.info(f"Found checkpoint at {directory} (will resume training)")
+        start_epoch = 0
+        for name in names:
+            start_epoch = resume_from_checkpoint(
+                os.path.join(directory, name),
+                self._models[name],
+                self._optims[name],
+                self._scheds[name],
+            )
+        return start_epoch
+
+    def load_model(self, directory: str, epoch: int | None = None) -> None:
+        """Load each registered model from directory/<name>/model.pth.tar-<epoch> (or model-best)."""
+        if not directory:
+            logger.info("Note that load_model() is skipped as no pretrained model is given")
+            return
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            fpath = os.path.join(directory, name, model_file)
+            ckpt = load_checkpoint(fpath)
+            state_dict = self.filter_loaded_state_dict(name, ckpt["state_dict"])
+            logger.info(
+                f"Load {fpath} to {name} (epoch={ckpt['epoch']}, val_result={ckpt.get('val_result')})"
+            )
+            self._models[name].load_state_dict(state_dict, strict=False)
+
+    def filter_loaded_state_dict(self, name: str, state_dict: dict) -> dict:
+        """Hook to drop entries (e.g. frozen token buffers) before load_model applies a checkpoint."""
+        return state_dict
+
+    def set_model_mode(self, mode: str = "train", names=None) -> None:
+        for name in self.get_model_names(names):
+            self._models[name].train(mode == "train")
+
+    def update_lr(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def detect_anomaly(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError("Loss is infinite or NaN!")
+
+    def init_writer(self, log_dir: str) -> None:
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional at run time
+                logger.info("tensorboard is not installed; scalars are not written")
+                return
+            logger.info(f"Initialize tensorboard (log_dir={log_dir})")
+            self._writer = SummaryWriter(log_dir=log_dir)
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write_scalar(self, tag: str, scalar_value, global_step=None) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, scalar_value, global_step)
+
+    def train(self, start_epoch: int, max_epoch: int) -> None:
+        self.start_epoch = start_epoch
+        self.max_epoch = max_epoch
+        self.before_train()
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self):
+        pass
+
+    def after_train(self):
+        pass
+
+    def before_epoch(self):
+        pass
+
+    def after_epoch(self):
+        pass
+
+    def run_epoch(self):
+        raise NotImplementedError
+
+    def test(self):
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch):
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch):
+        raise NotImplementedError
+
+    def forward_backward(self, batch):
+        raise NotImplementedError
+
+    def model_inference(self, input):
+        raise NotImplementedError
+
+    def model_zero_grad(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss: torch.Tensor) -> None:
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.model_update(names)
+
+
+class SimpleTrainer(TrainerBase):
+    """Builds data, model and evaluator from cfg; trains, checkpoints and tests."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.check_cfg(cfg)
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            self.device = torch.device("cuda")
+        else:
+            self.device = torch.device("cpu")
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = cfg.OUTPUT_DIR
+        self.cfg = cfg
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.best_result = -float("inf")
+
+    def check_cfg(self, cfg):
+        pass
+
+    def build_data_loader(self) -> None:
+        dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    def build_model(self):
+        raise NotImplementedError
+
+    def train(self):
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self) -> None:
+        directory = self.cfg.RESUME or self.output_dir
+        self.start_epoch = self.resume_model_if_exist(directory)
+        self.init_writer(os.path.join(self.output_dir, "tensorboard"))
+        self.time_start = time.time()
+
+    def after_train(self) -> None:
+        logger.info("Finish training")
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                logger.info("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                logger.info("Deploy the last-epoch model")
+            self.test()
+        elapsed = str(datetime.timedelta(seconds=round(time.time() - self.time_start)))
+        logger.info(f"Elapsed: {elapsed}")
+        self.close_writer()
+
+    def after_epoch(self) -> None:
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        do_test = not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val"
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+        if do_test:
+            curr_result = self.test(split="val")
+            is_best = curr_result > self.best_result
+            if is_best:
+                self.best_result = curr_result
+                self.save_model(
+                    self.epoch,
+                    self.output_dir,
+                    val_result=curr_result,
+                    model_name="model-best.pth.tar",
+                )
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    @torch.no_grad()
+    def test(self, split: str | None = None) -> float:
+        """Evaluate on `split` (TEST.SPLIT by default), print the result block, write results.json."""
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        split = split or self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            data_loader = self.val_loader
+        else:
+            split = "test"
+            data_loader = self.test_loader
+        logger.info(f"Evaluate on the *{split}* set")
+        self.before_test(split)
+        for batch in data_loader:
+            input, label = self.parse_batch_test(batch)
+            self.evaluator.process(self.model_inference(input), label)
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        self.write_results(results, split)
+        return results["accuracy"]
+
+    def before_test(self, split: str) -> None:
+        """Hook run once per evaluation, e.g. to encode the class prompts a single time."""
+
+    def write_results(self, results: dict, split: str) -> None:
+        cfg = self.cfg
+        record = {
+            "accuracy": results["accuracy"],
+            "macro_f1": results["macro_f1"],
+            "error": results["error"],
+            "total": results["total"],
+            "correct": results["correct"],
+            "split": split,
+            "trainer": cfg.TRAINER.NAME,
+            "dataset": cfg.DATASET.NAME,
+            "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES,
+            "num_shots": cfg.DATASET.NUM_SHOTS,
+            "seed": cfg.SEED,
+            "backbone": cfg.MODEL.BACKBONE.NAME,
+            "epoch": self.epoch + 1 if hasattr(self, "time_start") else None,
+        }
+        name = "results.json" if split == "test" else f"results_{split}.json"
+        write_json(record, os.path.join(self.output_dir, name))
+
+    def parse_batch_test(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def get_current_lr(self, names=None) -> float:
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+    def model_inference(self, input):
+        return self.model(input)
+
+
+class TrainerX(SimpleTrainer):
+    """Trainer for labelled data: one pass over train_loader_x per epoch."""
+
+    def run_epoch(self) -> None:
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time, data_time = AverageMeter(), AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+        end = time.time()
+        for self.batch_idx, batch in enumerate(self.train_loader_x):
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+            meet_freq = (self.batch_idx + 1) % print_freq == 0
+            if meet_freq or self.num_batches < print_freq:
+                nb_remain = self.num_batches - self.batch_idx - 1
+                nb_remain += (self.max_epoch - self.epoch - 1) * self.num_batches
+                eta = str(datetime.timedelta(seconds=int(batch_time.avg * nb_remain)))
+                logger.info(
+                    f"epoch [{self.epoch + 1}/{self.max_epoch}] "
+                    f"batch [{self.batch_idx + 1}/{self.num_batches}] "
+                    f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) "
+                    f"data {data_time.val:.3f} ({data_time.avg:.3f}) "
+                    f"{losses} lr {self.get_current_lr():.4e} eta {eta}"
+                )
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for name, meter in losses.meters.items():
+                self.write_scalar("train/" + name, meter.val, n_iter)
+            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            end = time.time()
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)

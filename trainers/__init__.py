@@ -1,0 +1,8 @@
+"""Trainers, registered by class name; import this package to register them all."""
+
+import importlib
+import pkgutil
+
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name != "base":
+        importlib.import_module(f"{__name__}.{_mod.name}")

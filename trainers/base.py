@@ -1,0 +1,149 @@
+"""What every CLIP prompt trainer shares: loading CLIP, precision, freezing, the optimisation step.
+
+A trainer names its config namespace (PREC etc.) and builds its model in `build_prompt_model`; the
+model must expose `prompt_learner` (everything trainable) and return logits from `forward(image)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptdiff.backbone import cast_for_precision, load_clip
+from promptdiff.host import TrainerX, build_lr_scheduler, build_optimizer, load_checkpoint, log
+
+PRECISIONS = ("fp16", "fp32", "amp")
+
+
+def trainer_cfg(cfg, key: str):
+    """The trainer's own namespace, e.g. cfg.TRAINER.COOP."""
+    return getattr(cfg.TRAINER, key)
+
+
+class ClipPromptTrainer(TrainerX):
+    """TrainerX for a frozen CLIP with learnable prompts; subclasses set CFG_KEY."""
+
+    CFG_KEY = ""
+
+    def check_cfg(self, cfg) -> None:
+        prec = trainer_cfg(cfg, self.CFG_KEY).PREC
+        if prec not in PRECISIONS:
+            raise ValueError(
+                f"TRAINER.{self.CFG_KEY}.PREC {prec!r} is unknown; use one of {', '.join(PRECISIONS)}."
+            )
+
+    # ---- model ------------------------------------------------------------------------------
+    def build_model(self) -> None:
+        cfg = self.cfg
+        classnames = self.dm.dataset.classnames
+        log(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH, self.device)
+        self.prec = cast_for_precision(clip_model, trainer_cfg(cfg, self.CFG_KEY).PREC, self.device)
+        for p in clip_model.parameters():
+            p.requires_grad_(False)
+        log("Building custom CLIP")
+        self.model = self.build_prompt_model(cfg, classnames, clip_model).to(self.device)
+        learner = self.model.prompt_learner
+        # trainable tensors stay fp32 (master copies), whatever CLIP's dtype
+        learner.float()
+        if cfg.MODEL.INIT_WEIGHTS:
+            self.load_init_weights(cfg.MODEL.INIT_WEIGHTS)
+        trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        log(f"Parameters to be updated: {sorted(trainable)}")
+        self.optim = build_optimizer(learner, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model("prompt_learner", learner, self.optim, self.sched)
+        self.scaler = None
+        if self.prec == "amp" and self.amp_dtype() == torch.float16:
+            self.scaler = torch.amp.GradScaler("cuda")
+
+    def build_prompt_model(self, cfg, classnames: list[str], clip_model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def load_init_weights(self, path: str) -> None:
+        """MODEL.INIT_WEIGHTS: a checkpoint of this trainer's prompt_learner (any epoch file)."""
+        state = load_checkpoint(path)
+        state = state.get("state_dict", state)
+        missing, _ = self.model.prompt_learner.load_state_dict(
+            self.filter_loaded_state_dict("prompt_learner", state), strict=False
+        )
+        log(f"Initialised prompt_learner from {path} (not found there: {missing or 'none'})")
+
+    def filter_loaded_state_dict(self, name: str, state_dict: dict) -> dict:
+        # upstream CoOp checkpoints carry the class-token buffers; they depend on the classes
+        return {
+            k: v
+            for k, v in state_dict.items()
+            if not k.split(".")[-1] in ("token_prefix", "token_suffix")
+        }
+
+    def amp_dtype(self) -> torch.dtype:
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float16
+
+    def autocast(self):
+        """Autocast for PREC amp (bf16 where supported), a no-op otherwise."""
+        if self.prec != "amp":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype())
+
+    # ---- loop -------------------------------------------------------------------------------
+    def set_model_mode(self, mode: str = "train", names=None) -> None:
+        super().set_model_mode(mode, names)
+        # a cached class-feature table is only valid for the evaluation that built it
+        if hasattr(self.model, "clear_cache"):
+            self.model.clear_cache()
+
+    def before_test(self, split: str) -> None:
+        if hasattr(self.model, "cache_text_features"):
+            with self.autocast():
+                self.model.cache_text_features()
+
+    def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
+        if self.scaler is None:
+            return super().model_backward_and_update(loss, names)
+        self.model_zero_grad(names)
+        self.detect_anomaly(loss)
+        self.scaler.scale(loss).backward()
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self.scaler.step(self._optims[name])
+        self.scaler.update()
+
+    def forward_backward(self, batch) -> dict:
+        image, label = self.parse_batch_train(batch)
+        with self.autocast():
+            output = self.model(image, label) if self.model_takes_label else self.model(image)
+        loss = F.cross_entropy(output.float(), label)
+        self.model_backward_and_update(loss)
+        summary = {"loss": loss.item(), "acc": accuracy(output, label)}
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    model_takes_label = False
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(input).float()
+
+
+def accuracy(output: torch.Tensor, label: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return (output.argmax(1) == label).float().mean().item() * 100.0
+
+
+def logits_from_features(
+    clip_model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor
+) -> torch.Tensor:
+    """CLIP logits: scaled cosine similarity; text_features [C, E] or per image [B, C, E]."""
+    image_features = F.normalize(image_features.float(), dim=-1)
+    text_features = F.normalize(text_features.float(), dim=-1)
+    scale = clip_model.logit_scale.exp().float()
+    if text_features.dim() == 2:
+        return scale * image_features @ text_features.t()
+    return scale * torch.einsum("be,bce->bc", image_features, text_features)

@@ -1,0 +1,70 @@
+"""CoOp (Zhou et al., IJCV 2022): a learned context shared by all class prompts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from promptdiff.backbone.encoders import encode_image
+from promptdiff.backbone.prompts import ClassPrompts, context_init
+from promptdiff.host import TRAINER_REGISTRY, log
+from trainers.base import ClipPromptTrainer, logits_from_features
+
+
+class CoOpPromptLearner(nn.Module):
+    """The context vectors (shared [M, D] or class-specific [C, M, D]) and the class prompts."""
+
+    def __init__(self, opts, classnames: list[str], clip_model: nn.Module):
+        super().__init__()
+        vectors, prefix_text = context_init(clip_model, opts.CTX_INIT, opts.N_CTX)
+        n_ctx = vectors.shape[0]
+        if opts.CSC and not opts.CTX_INIT:
+            vectors = torch.empty(len(classnames), n_ctx, vectors.shape[-1])
+            nn.init.normal_(vectors, std=0.02)
+            log("Initializing class-specific contexts")
+        log(f'Initial context: "{prefix_text}"')
+        log(f"Number of context words (tokens): {n_ctx}")
+        self.ctx = nn.Parameter(vectors)
+        self.prompts = ClassPrompts(
+            clip_model, classnames, prefix_text, n_ctx, opts.CLASS_TOKEN_POSITION
+        )
+
+
+class PromptedCLIP(nn.Module):
+    """Frozen CLIP plus a prompt learner; caches the class features of a static prompt per evaluation."""
+
+    def __init__(self, prompt_learner: nn.Module, clip_model: nn.Module, chunk_size: int = 0):
+        super().__init__()
+        self.prompt_learner = prompt_learner
+        self.clip = clip_model
+        self.chunk_size = chunk_size or None
+        self._text_cache = None
+
+    def image_features(self, image: torch.Tensor) -> torch.Tensor:
+        return encode_image(self.clip, image)
+
+    def text_features(self) -> torch.Tensor:
+        learner = self.prompt_learner
+        return learner.prompts.features(self.clip, learner.ctx, chunk_size=self.chunk_size)
+
+    def cache_text_features(self) -> None:
+        with torch.no_grad():
+            self._text_cache = self.text_features()
+
+    def clear_cache(self) -> None:
+        self._text_cache = None
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        text = self._text_cache if self._text_cache is not None else self.text_features()
+        return logits_from_features(self.clip, self.image_features(image), text)
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(ClipPromptTrainer):
+    """Context Optimization: TRAINER.COOP.{N_CTX, CSC, CTX_INIT, PREC, CLASS_TOKEN_POSITION}."""
+
+    CFG_KEY = "COOP"
+
+    def build_prompt_model(self, cfg, classnames, clip_model):
+        learner = CoOpPromptLearner(cfg.TRAINER.COOP, classnames, clip_model)
+        return PromptedCLIP(learner, clip_model, cfg.TRAINER.PD.TEXT_CHUNK)
