@@ -77,7 +77,7 @@ class ClipPromptTrainer(TrainerX):
         return {
             k: v
             for k, v in state_dict.items()
-            if not k.split(".")[-1] in ("token_prefix", "token_suffix")
+            if k.split(".")[-1] not in ("token_prefix", "token_suffix")
         }
 
     def amp_dtype(self) -> torch.dtype:

@@ -141,7 +141,8 @@ class TrainerBase:
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
-        for self.epoch in range(self.start_epoch, self.max_epoch):
+        for epoch in range(self.start_epoch, self.max_epoch):
+            self.epoch = epoch
             self.before_epoch()
             self.run_epoch()
             self.after_epoch()
@@ -340,7 +341,8 @@ class TrainerX(SimpleTrainer):
         self.num_batches = len(self.train_loader_x)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         end = time.time()
-        for self.batch_idx, batch in enumerate(self.train_loader_x):
+        for batch_idx, batch in enumerate(self.train_loader_x):
+            self.batch_idx = batch_idx
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)
