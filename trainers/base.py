@@ -54,11 +54,15 @@ class ClipPromptTrainer(TrainerX):
         trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
         log(f"Parameters to be updated: {sorted(trainable)}")
         self.optim = build_optimizer(learner, cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, self.baseline_optim_cfg())
         self.register_model("prompt_learner", learner, self.optim, self.sched)
         self.scaler = None
         if self.prec == "amp" and self.amp_dtype() == torch.float16:
             self.scaler = torch.amp.GradScaler("cuda")
+
+    def baseline_optim_cfg(self):
+        """OPTIM.* for the baseline's schedule (the Diff trainers shorten it to stage 1)."""
+        return self.cfg.OPTIM
 
     def build_prompt_model(self, cfg, classnames: list[str], clip_model: nn.Module) -> nn.Module:
         raise NotImplementedError
@@ -122,7 +126,7 @@ class ClipPromptTrainer(TrainerX):
         self.model_backward_and_update(loss)
         summary = {"loss": loss.item(), "acc": accuracy(output, label)}
         if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
+            self.update_lr("prompt_learner")
         return summary
 
     model_takes_label = False

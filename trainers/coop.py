@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from promptdiff.backbone.encoders import encode_image
 from promptdiff.backbone.prompts import ClassPrompts, context_init
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.base import ClipPromptTrainer, logits_from_features
+from trainers.prompt_diffusion import PromptDiffusionMixin
 
 
 class CoOpPromptLearner(nn.Module):
@@ -54,6 +56,25 @@ class PromptedCLIP(nn.Module):
     def clear_cache(self) -> None:
         self._text_cache = None
 
+    # ---- what prompt diffusion needs (see trainers/prompt_diffusion.py) ----
+    def condition(self, image: torch.Tensor) -> torch.Tensor:
+        """The prompt-free, L2-normalised image feature [B, E]."""
+        return F.normalize(self.image_features(image).float(), dim=-1)
+
+    def base_prompt(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The shared context, one copy per image: [B, M, D] (or [B, C, M, D] with CSC)."""
+        ctx = self.prompt_learner.ctx
+        return ctx.unsqueeze(0).expand(cond.shape[0], *ctx.shape)
+
+    def logits_for(
+        self, image: torch.Tensor, cond: torch.Tensor, prompts: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [B, C] of each image with its own context (all class prompts per image)."""
+        text = self.prompt_learner.prompts.features(
+            self.clip, prompts, per_sample=True, chunk_size=self.chunk_size
+        )
+        return logits_from_features(self.clip, cond, text)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         text = self._text_cache if self._text_cache is not None else self.text_features()
         return logits_from_features(self.clip, self.image_features(image), text)
@@ -68,3 +89,8 @@ class CoOp(ClipPromptTrainer):
     def build_prompt_model(self, cfg, classnames, clip_model):
         learner = CoOpPromptLearner(cfg.TRAINER.COOP, classnames, clip_model)
         return PromptedCLIP(learner, clip_model, cfg.TRAINER.PD.TEXT_CHUNK)
+
+
+@TRAINER_REGISTRY.register()
+class CoOpDiff(PromptDiffusionMixin, CoOp):
+    """CoOp + prompt diffusion over the context [M, D]: each image gets its own context."""
