@@ -39,7 +39,7 @@ def extend_cfg(cfg: CN) -> CN:
     pd.STAGE1_EPOCHS = -1
     # per-sample overfitting
     pd.OVERFIT_STEPS = 10
-    pd.OVERFIT_LR = 0.01
+    pd.OVERFIT_LR = 1e-3  # adam moves each element by <= lr per step; prompt entries are ~1e-2
     pd.OVERFIT_OPTIM = "adam"
     # what is diffused and how
     pd.TARGET = "residual"  # residual (p* - p) | absolute (p*)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 from promptdiff.engine.utils import atomic_write, logger, torch_save_atomic
@@ -31,6 +33,31 @@ def save_checkpoint(state: dict, save_dir: str, is_best: bool = False, model_nam
         os.replace(tmp, best)
         logger.info(f'Best checkpoint saved to "{best}"')
     return fpath
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch RNG states in types torch.load(weights_only=True) accepts."""
+    version, mt, pos = random.getstate()
+    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt), pos],
+        "numpy": [np_name, np_keys.tolist(), int(np_pos), int(np_gauss), float(np_cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() captured, so a resumed run draws the numbers the original would."""
+    version, mt, pos = state["python"]
+    random.setstate((version, tuple(mt), pos))
+    name, keys, pos_np, gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos_np, gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_checkpoint(fpath: str) -> dict:
@@ -71,4 +98,6 @@ def resume_from_checkpoint(fdir: str, model, optimizer=None, scheduler=None) -> 
         optimizer.load_state_dict(ckpt["optimizer"])
     if scheduler is not None and ckpt.get("scheduler"):
         scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("rng_state"):
+        set_rng_state(ckpt["rng_state"])
     return int(ckpt["epoch"])

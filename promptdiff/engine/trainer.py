@@ -14,6 +14,7 @@ from promptdiff.engine.checkpoint import (
     last_checkpoint_name,
     load_checkpoint,
     resume_from_checkpoint,
+    rng_state,
     save_checkpoint,
 )
 from promptdiff.engine.data import DataManager
@@ -60,6 +61,9 @@ class TrainerBase:
                     "optimizer": optim.state_dict() if optim is not None else None,
                     "scheduler": sched.state_dict() if sched is not None else None,
                     "val_result": val_result,
+                    # resuming restores the RNGs, so an interrupted run ends where an
+                    # uninterrupted one would (Dassl does not save them)
+                    "rng_state": rng_state(),
                 },
                 os.path.join(directory, name),
                 is_best=is_best,
