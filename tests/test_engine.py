@@ -12,8 +12,14 @@ import torch
 
 import datasets  # noqa: F401
 from datasets.common import read_split, save_split, subsample_classes
-from promptdiff.engine import DatasetBase, Datum, build_lr_scheduler, build_optimizer
-from promptdiff.engine import get_cfg_default, merge_file
+from promptdiff.engine import (
+    DatasetBase,
+    Datum,
+    build_lr_scheduler,
+    build_optimizer,
+    get_cfg_default,
+    merge_file,
+)
 from promptdiff.engine.config import ConfigError
 from promptdiff.engine.registry import build_dataset
 

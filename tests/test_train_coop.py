@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import read_results, tiny_opts, train_args
-from train import cli, setup_cfg, build_parser
+
+from train import build_parser, cli, setup_cfg
 
 
 def _last_ctx(out: str, epoch: int) -> torch.Tensor:
@@ -83,8 +83,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(
 def test_coop_with_photo_init_equals_zero_shot_clip(shapes_root, tiny_weights, tmp_path):
     import clip
 
-    from promptdiff.host import build_trainer
     import trainers  # noqa: F401
+    from promptdiff.host import build_trainer
 
     args = build_parser().parse_args(
         train_args(
