@@ -1,0 +1,552 @@
+"""Tables of seed-averaged results laid out like the CoOp/CoCoOp/MaPLe papers.
+
+    python tools/results_table.py --root output --protocol base2new
+    python tools/results_table.py --protocol xd --trainers CoOp,CoOpDiff --format markdown
+    python tools/results_table.py --protocol few_shot --shots 1,16 --format csv --out few_shot.csv
+
+Trainers, configs, datasets and shot counts are discovered from the output layout the scripts
+write (see docs/RESULTS.md). Values are means over seeds; HM is the harmonic mean of the
+seed-averaged Base and New accuracies, and the Average row's HM is the harmonic mean of the
+averaged Base and New, as the papers compute it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tabulate import tabulate
+
+if __package__:
+    from . import results_io as rio
+else:  # run as `python tools/results_table.py`: this file's folder is on sys.path
+    import results_io as rio
+
+PROTOCOLS = ("base2new", "xd", "dg", "few_shot")
+FORMATS = ("terminal", "markdown", "csv")
+PROTOCOL_TITLES = {
+    "base2new": "Base-to-new generalisation",
+    "xd": "Cross-dataset transfer (trained on ImageNet)",
+    "dg": "Domain generalisation (trained on ImageNet)",
+    "few_shot": "Few-shot classification",
+}
+
+
+@dataclass
+class Value:
+    """One table cell: a number (None shows '-') and its std over seeds when it has one."""
+
+    mean: float | None
+    std: float | None = None
+    n: int = 0
+
+
+@dataclass
+class Table:
+    """A rendered-format-independent table; the first column holds row labels."""
+
+    title: str
+    shots: int
+    headers: list[str]
+    rows: list[list[str | Value]]
+    notes: list[str] = field(default_factory=list)
+    # Terminal output breaks "CoOp Base" into two header lines so wide base2new tables fit.
+    split_headers: bool = False
+
+
+@dataclass
+class Selection:
+    """What to include: None means everything found."""
+
+    trainers: list[str] | None = None
+    datasets: list[str] | None = None
+    shots: list[int] | None = None
+    seeds: set[int] | None = None
+    metric: str = "accuracy"
+
+
+@dataclass
+class Base2NewEntry:
+    """Seed-averaged Base and New of one trainer column on one dataset, and their HM."""
+
+    base: rio.Stat | None
+    new: rio.Stat | None
+
+    @property
+    def hm(self) -> float | None:
+        """Harmonic mean of the seed-averaged Base and New."""
+        return rio.harmonic_mean(
+            self.base.mean if self.base else None, self.new.mean if self.new else None
+        )
+
+
+@dataclass
+class Base2NewAverage:
+    """Mean Base and New over the datasets where a column has both, and the HM of those means."""
+
+    base: float | None
+    new: float | None
+    hm: float | None
+    datasets: list[str]
+
+
+@dataclass
+class Base2NewResult:
+    """Base-to-new numbers for one shot count."""
+
+    shots: int
+    columns: list[str]
+    datasets: list[str]
+    entries: dict[tuple[str, str], Base2NewEntry]
+    average: dict[str, Base2NewAverage]
+    notes: list[str]
+
+
+def _tree_checker(expected_subsample: str, notes: list[str]) -> Callable[[rio.RunResult], None]:
+    # A run under test_new that evaluated base classes would silently give New == Base.
+    def check(result: rio.RunResult) -> None:
+        found = result.meta.get("subsample_classes")
+        if found is not None and found != expected_subsample:
+            notes.append(
+                f"{result.source} says subsample_classes={found} but its folder implies "
+                f"{expected_subsample}."
+            )
+
+    return check
+
+
+def _require_root(root: Path) -> None:
+    if not root.is_dir():
+        raise rio.ResultsError(
+            f"results root {root} does not exist; pass --root pointing at the folder the scripts "
+            f"write into (default: output)"
+        )
+
+
+def _column_labels(
+    keys: set[tuple[str, str]], wanted: list[str] | None, where: Path
+) -> list[tuple[str, str, str]]:
+    """(label, trainer, cfg) per column; a trainer with one cfg is labelled by its name only."""
+    by_trainer: dict[str, list[str]] = {}
+    for trainer, cfg in keys:
+        by_trainer.setdefault(trainer, []).append(cfg)
+    if wanted is None:
+        chosen = [(t, c) for t in rio.order_trainers(by_trainer) for c in sorted(by_trainer[t])]
+    else:
+        chosen = []
+        lower = {t.lower(): t for t in by_trainer}
+        for item in wanted:
+            name, _, cfg = item.partition("/")
+            trainer = name if name in by_trainer else lower.get(name.lower())
+            if trainer is None or (cfg and cfg not in by_trainer[trainer]):
+                found = ", ".join(
+                    f"{t}/{c}"
+                    for t in rio.order_trainers(by_trainer)
+                    for c in sorted(by_trainer[t])
+                )
+                raise rio.ResultsError(
+                    f"trainer '{item}' has no results under {where}; found: {found or 'none'}"
+                )
+            for c in [cfg] if cfg else sorted(by_trainer[trainer]):
+                if (trainer, c) not in chosen:
+                    chosen.append((trainer, c))
+    cfgs_per_trainer: dict[str, int] = {}
+    for t, _ in chosen:
+        cfgs_per_trainer[t] = cfgs_per_trainer.get(t, 0) + 1
+    return [(t if cfgs_per_trainer[t] == 1 else f"{t}/{c}", t, c) for t, c in chosen]
+
+
+def _pick_datasets(found: set[str], wanted: list[str] | None, where: Path) -> list[str]:
+    if wanted is None:
+        return rio.order_datasets(found)
+    lower = {d.lower(): d for d in found}
+    picked = []
+    for name in wanted:
+        if name.lower() not in lower:
+            raise rio.ResultsError(
+                f"dataset '{name}' has no results under {where}; found: "
+                f"{', '.join(rio.order_datasets(found)) or 'none'}"
+            )
+        picked.append(lower[name.lower()])
+    return picked
+
+
+def _pick_shots(found: set[int], wanted: list[int] | None, where: Path) -> list[int]:
+    if wanted is None:
+        return sorted(found)
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        raise rio.ResultsError(
+            f"no {missing[0]}-shot results under {where}; found shots: "
+            f"{', '.join(map(str, sorted(found))) or 'none'}"
+        )
+    return list(wanted)
+
+
+def _seed_notes(stats: list[tuple[str, rio.Stat | None]]) -> list[str]:
+    """Flag cells averaged over fewer seeds than the fullest cell of the table."""
+    present = [(where, s) for where, s in stats if s is not None]
+    if not present:
+        return []
+    most = max(s.n for _, s in present)
+    short = [
+        f"{where} ({s.n}: seeds {', '.join(map(str, s.seeds))})"
+        for where, s in present
+        if s.n < most
+    ]
+    if not short:
+        return []
+    return [f"Fewer than {most} seeds in: " + "; ".join(short) + "."]
+
+
+def base2new_results(root: Path | str, sel: Selection | None = None) -> list[Base2NewResult]:
+    """Seed-averaged Base/New/HM per dataset and trainer column, one result per shot count."""
+    sel = sel or Selection()
+    root = Path(root)
+    _require_root(root)
+    tree = root / "base2new"
+    notes: list[str] = []
+    base = rio.discover(tree / "train_base", sel.seeds, _tree_checker("base", notes))
+    new = rio.discover(tree / "test_new", sel.seeds, _tree_checker("new", notes))
+    if not base and not new:
+        raise rio.ResultsError(
+            f"no base2new results under {tree} (expected train_base/ and test_new/"
+            f"<dataset>/shots_<K>/<Trainer>/<cfg>/seed<S>/); run the base2new scripts or check --root"
+        )
+    keys = set(base) | set(new)
+    results = []
+    for shots in _pick_shots({k[1] for k in keys}, sel.shots, tree):
+        in_shots = [k for k in keys if k[1] == shots]
+        datasets = _pick_datasets({k[0] for k in in_shots}, sel.datasets, tree)
+        columns = _column_labels({(k[2], k[3]) for k in in_shots}, sel.trainers, tree)
+        entries: dict[tuple[str, str], Base2NewEntry] = {}
+        seed_stats: list[tuple[str, rio.Stat | None]] = []
+        for ds in datasets:
+            for label, trainer, cfg in columns:
+                key = (ds, shots, trainer, cfg)
+                b = base[key].stat(sel.metric) if key in base else None
+                n = new[key].stat(sel.metric) if key in new else None
+                entries[(ds, label)] = Base2NewEntry(b, n)
+                seed_stats += [(f"{label} {ds} Base", b), (f"{label} {ds} New", n)]
+        average = {}
+        table_notes = list(notes)
+        for label, _, _ in columns:
+            covered = [
+                ds for ds in datasets if entries[(ds, label)].base and entries[(ds, label)].new
+            ]
+            b_avg = rio.mean_or_none([entries[(ds, label)].base.mean for ds in covered])
+            n_avg = rio.mean_or_none([entries[(ds, label)].new.mean for ds in covered])
+            average[label] = Base2NewAverage(b_avg, n_avg, rio.harmonic_mean(b_avg, n_avg), covered)
+            if len(covered) < len(datasets):
+                missing = [ds for ds in datasets if ds not in covered]
+                table_notes.append(
+                    f"{label}: Average covers {len(covered)} of {len(datasets)} datasets "
+                    f"(no Base and New for {', '.join(missing)})."
+                )
+        table_notes += _seed_notes(seed_stats)
+        results.append(
+            Base2NewResult(shots, [c[0] for c in columns], datasets, entries, average, table_notes)
+        )
+    return results
+
+
+def base2new_tables(root: Path | str, sel: Selection | None = None) -> list[Table]:
+    """Dataset rows, and per trainer column the Base, New and HM, plus an Average row."""
+    sel = sel or Selection()
+    tables = []
+    for res in base2new_results(root, sel):
+        headers = ["Dataset"]
+        for label in res.columns:
+            headers += [f"{label} Base", f"{label} New", f"{label} HM"]
+        rows: list[list[str | Value]] = []
+        for ds in res.datasets:
+            row: list[str | Value] = [ds]
+            for label in res.columns:
+                e = res.entries[(ds, label)]
+                row += [_stat_value(e.base), _stat_value(e.new), Value(e.hm)]
+            rows.append(row)
+        avg_row: list[str | Value] = ["Average"]
+        for label in res.columns:
+            a = res.average[label]
+            avg_row += [Value(a.base), Value(a.new), Value(a.hm)]
+        rows.append(avg_row)
+        title = f"{PROTOCOL_TITLES['base2new']}, {_shots_text(res.shots)}, {sel.metric} (%)"
+        tables.append(Table(title, res.shots, headers, rows, res.notes, split_headers=True))
+    return tables
+
+
+def _shots_text(shots: int) -> str:
+    if shots < 0:
+        return "all training data"
+    return f"{shots} shot" + ("" if shots == 1 else "s")
+
+
+def _stat_value(s: rio.Stat | None) -> Value:
+    return Value(s.mean, s.std, s.n) if s else Value(None)
+
+
+def transfer_tables(root: Path | str, protocol: str, sel: Selection | None = None) -> list[Table]:
+    """xd/dg: a row per trainer column with Source (ImageNet), each target and the target Average."""
+    sel = sel or Selection()
+    root = Path(root)
+    _require_root(root)
+    tree = root / "xd"
+    notes: list[str] = []
+    source = {
+        k: v
+        for k, v in rio.discover(tree / "train", sel.seeds, _tree_checker("all", notes)).items()
+        if k[0] == rio.XD_SOURCE
+    }
+    tests = rio.discover(tree / "test", sel.seeds, _tree_checker("all", notes))
+    if protocol == "dg":
+        tests = {k: v for k, v in tests.items() if k[0] in rio.DG_TARGETS}
+    else:
+        tests = {k: v for k, v in tests.items() if k[0] not in rio.DG_TARGETS + (rio.XD_SOURCE,)}
+    if not tests:
+        raise rio.ResultsError(
+            f"no {protocol} target results under {tree / 'test'} (expected <dataset>/shots_<K>/"
+            f"<Trainer>/<cfg>/seed<S>/); run the xd test script or check --root"
+        )
+    keys = set(source) | set(tests)
+    tables = []
+    for shots in _pick_shots({k[1] for k in keys}, sel.shots, tree):
+        in_shots = [k for k in keys if k[1] == shots]
+        targets = _pick_datasets(
+            {k[0] for k in tests if k[1] == shots}, sel.datasets, tree / "test"
+        )
+        columns = _column_labels({(k[2], k[3]) for k in in_shots}, sel.trainers, tree)
+        rows: list[list[str | Value]] = []
+        table_notes = list(notes)
+        seed_stats: list[tuple[str, rio.Stat | None]] = []
+        for label, trainer, cfg in columns:
+            src_key = (rio.XD_SOURCE, shots, trainer, cfg)
+            src = source[src_key].stat(sel.metric) if src_key in source else None
+            row: list[str | Value] = [label, _stat_value(src)]
+            seed_stats.append((f"{label} source", src))
+            got = []
+            for ds in targets:
+                key = (ds, shots, trainer, cfg)
+                s = tests[key].stat(sel.metric) if key in tests else None
+                seed_stats.append((f"{label} {ds}", s))
+                row.append(_stat_value(s))
+                if s is not None:
+                    got.append(s.mean)
+            row.append(Value(rio.mean_or_none(got)))
+            if len(got) < len(targets):
+                table_notes.append(f"{label}: Average covers {len(got)} of {len(targets)} targets.")
+            rows.append(row)
+        table_notes += _seed_notes(seed_stats)
+        headers = ["Trainer", f"Source ({rio.XD_SOURCE})", *targets, "Average"]
+        title = f"{PROTOCOL_TITLES[protocol]}, {_shots_text(shots)}, {sel.metric} (%)"
+        tables.append(Table(title, shots, headers, rows, table_notes))
+    return tables
+
+
+def few_shot_tables(root: Path | str, sel: Selection | None = None) -> list[Table]:
+    """Dataset rows by trainer columns, one table per shot count, plus an Average row."""
+    sel = sel or Selection()
+    root = Path(root)
+    _require_root(root)
+    tree = root / "few_shot"
+    notes: list[str] = []
+    cells = rio.discover(tree, sel.seeds, _tree_checker("all", notes))
+    if not cells:
+        raise rio.ResultsError(
+            f"no few_shot results under {tree} (expected <dataset>/shots_<K>/<Trainer>/<cfg>/"
+            f"seed<S>/); run the few-shot scripts or check --root"
+        )
+    tables = []
+    for shots in _pick_shots({k[1] for k in cells}, sel.shots, tree):
+        in_shots = [k for k in cells if k[1] == shots]
+        datasets = _pick_datasets({k[0] for k in in_shots}, sel.datasets, tree)
+        columns = _column_labels({(k[2], k[3]) for k in in_shots}, sel.trainers, tree)
+        rows: list[list[str | Value]] = []
+        per_column: dict[str, list[float]] = {label: [] for label, _, _ in columns}
+        seed_stats: list[tuple[str, rio.Stat | None]] = []
+        for ds in datasets:
+            row: list[str | Value] = [ds]
+            for label, trainer, cfg in columns:
+                key = (ds, shots, trainer, cfg)
+                s = cells[key].stat(sel.metric) if key in cells else None
+                seed_stats.append((f"{label} {ds}", s))
+                row.append(_stat_value(s))
+                if s is not None:
+                    per_column[label].append(s.mean)
+            rows.append(row)
+        rows.append(["Average"] + [Value(rio.mean_or_none(per_column[c[0]])) for c in columns])
+        table_notes = list(notes)
+        for label, _, _ in columns:
+            if len(per_column[label]) < len(datasets):
+                table_notes.append(
+                    f"{label}: Average covers {len(per_column[label])} of {len(datasets)} datasets."
+                )
+        table_notes += _seed_notes(seed_stats)
+        title = f"{PROTOCOL_TITLES['few_shot']}, {_shots_text(shots)}, {sel.metric} (%)"
+        tables.append(Table(title, shots, ["Dataset"] + [c[0] for c in columns], rows, table_notes))
+    return tables
+
+
+def build_tables(root: Path | str, protocol: str, sel: Selection | None = None) -> list[Table]:
+    """Tables for one protocol."""
+    sel = sel or Selection()
+    if protocol == "base2new":
+        tables = base2new_tables(root, sel)
+    elif protocol in ("xd", "dg"):
+        tables = transfer_tables(root, protocol, sel)
+    elif protocol == "few_shot":
+        tables = few_shot_tables(root, sel)
+    else:
+        raise rio.ResultsError(f"unknown protocol '{protocol}'; use one of: {', '.join(PROTOCOLS)}")
+    if not any(
+        isinstance(c, Value) and c.mean is not None for t in tables for r in t.rows for c in r
+    ):
+        raise rio.ResultsError(
+            f"no '{sel.metric}' values in the {protocol} results under {root}; "
+            f"use --metric accuracy, macro_f1 or error"
+        )
+    return tables
+
+
+def _display_rows(table: Table, show_std: bool) -> list[list[str]]:
+    return [
+        [
+            c if isinstance(c, str) else rio.fmt_value(c.mean, c.std if show_std else None)
+            for c in row
+        ]
+        for row in table.rows
+    ]
+
+
+def render_text(tables: list[Table], fmt: str, show_std: bool = False) -> str:
+    """Terminal (tabulate) or Markdown (pipe table) text of the tables and their notes."""
+    parts = []
+    for table in tables:
+        align = ["left"] + ["right"] * (len(table.headers) - 1)
+        headers = table.headers
+        if fmt != "markdown" and table.split_headers:
+            headers = [h[::-1].replace(" ", "\n", 1)[::-1] for h in headers]
+        body = tabulate(
+            _display_rows(table, show_std),
+            headers=headers,
+            tablefmt="pipe" if fmt == "markdown" else "simple",
+            disable_numparse=True,
+            colalign=align,
+        )
+        if fmt == "markdown":
+            text = f"### {table.title}\n\n{body}\n"
+            if table.notes:
+                text += "\n" + "\n".join(f"- {n}" for n in table.notes) + "\n"
+        else:
+            text = f"{table.title}\n\n{body}\n"
+            if table.notes:
+                text += "\n" + "\n".join(f"Note: {n}" for n in table.notes) + "\n"
+        parts.append(text)
+    return "\n".join(parts)
+
+
+def render_csv(tables: list[Table], show_std: bool = False) -> str:
+    """One CSV with a leading shots column; with show_std each seed-averaged column gets a std column."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header_written: list[str] | None = None
+    for table in tables:
+        std_cols = [
+            i
+            for i in range(1, len(table.headers))
+            if any(isinstance(r[i], Value) and r[i].std is not None for r in table.rows)
+        ]
+        header = ["shots", table.headers[0]]
+        for i in range(1, len(table.headers)):
+            header.append(table.headers[i])
+            if show_std and i in std_cols:
+                header.append(f"{table.headers[i]} std")
+        if header != header_written:
+            if header_written is not None:
+                out.write("\n")
+            writer.writerow(header)
+            header_written = header
+        for row in table.rows:
+            line = [str(table.shots), row[0]]
+            for i in range(1, len(row)):
+                cell = row[i]
+                if isinstance(cell, str):
+                    line.append(cell)
+                else:
+                    line.append("" if cell.mean is None else f"{cell.mean:.2f}")
+                if show_std and i in std_cols:
+                    line.append(
+                        "" if isinstance(cell, str) or cell.std is None else f"{cell.std:.2f}"
+                    )
+            writer.writerow(line)
+    return out.getvalue()
+
+
+def render(tables: list[Table], fmt: str, show_std: bool = False) -> str:
+    """Text of the tables in one of FORMATS."""
+    if fmt == "csv":
+        return render_csv(tables, show_std)
+    return render_text(tables, fmt, show_std)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default="output", help="folder the scripts write into")
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    parser.add_argument(
+        "--trainers", type=rio.comma_list, help="e.g. CoOp,CoOpDiff or CoOp/vit_b16_ep50"
+    )
+    parser.add_argument(
+        "--datasets", type=rio.comma_list, help="e.g. caltech101,dtd (xd/dg: targets)"
+    )
+    parser.add_argument("--shots", type=rio.int_list, help="shot counts, e.g. 16 or 1,2,4,8,16")
+    parser.add_argument("--seeds", type=rio.int_list, help="only these seeds, e.g. 1,2,3")
+    parser.add_argument("--metric", default="accuracy", help="accuracy (default), macro_f1, error")
+    parser.add_argument("--std", action="store_true", help="show '± std' over seeds")
+    parser.add_argument("--format", default="terminal", choices=FORMATS)
+    parser.add_argument("--out", help="write to this file (atomically) instead of stdout")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    sel = Selection(
+        trainers=args.trainers,
+        datasets=args.datasets,
+        shots=args.shots,
+        seeds=set(args.seeds) if args.seeds else None,
+        metric=args.metric,
+    )
+    try:
+        tables = build_tables(args.root, args.protocol, sel)
+        text = render(tables, args.format, args.std)
+        if args.out:
+            rio.atomic_write_text(args.out, text)
+            print(f"wrote {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+        if args.format == "csv" or args.out:
+            # CSV cannot carry the coverage notes and --out hides them; keep them visible.
+            for table in tables:
+                for note in table.notes:
+                    print(f"note ({table.shots} shots): {note}", file=sys.stderr)
+    except rio.ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(
+            f"error: cannot write {args.out}: {exc.strerror or exc}; choose another --out",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
