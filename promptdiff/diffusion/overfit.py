@@ -1,0 +1,92 @@
+"""Per-sample prompt over-fitting: B copies of one prompt, each optimised on its own loss."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class OverfitResult:
+    """Detached over-fitted prompts [B, *S] and per-sample losses [B] before and after."""
+
+    targets: Tensor
+    loss_before: Tensor
+    loss_after: Tensor
+
+    @property
+    def mean_before(self) -> float:
+        return self.loss_before.float().mean().item()
+
+    @property
+    def mean_after(self) -> float:
+        return self.loss_after.float().mean().item()
+
+
+def _per_sample(loss_fn: Callable[[Tensor], Tensor], prompts: Tensor) -> Tensor:
+    losses = loss_fn(prompts)
+    if losses.shape != (prompts.shape[0],):
+        raise ValueError(
+            f"loss_fn must return per-sample losses of shape [{prompts.shape[0]}], "
+            f"got {list(losses.shape)}."
+        )
+    return losses
+
+
+def overfit_per_sample(
+    loss_fn: Callable[[Tensor], Tensor],
+    base: Tensor,
+    batch_size: int,
+    steps: int,
+    lr: float,
+    optimizer: str = "sgd",
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> OverfitResult:
+    """Take ``steps`` gradient steps on B copies of ``base`` at once, copy i on loss_fn(.)[i].
+
+    ``loss_fn(prompts [B, *S]) -> losses [B]`` must be separable (loss i depends on prompt i only;
+    e.g. no batch-norm statistics across the batch): one backward pass of the summed losses then
+    gives each copy exactly its own gradient. Gradients are taken with ``torch.autograd.grad``
+    w.r.t. the copies only, so ``base`` and any parameter's ``.grad`` are left untouched. Grad mode
+    is enabled inside, so this also works under the caller's ``torch.no_grad()``. Adam is
+    elementwise, hence per-copy as well. Cost: ``steps`` forward+backward passes plus one forward
+    for the final losses (the "before" losses come from the first step's forward).
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
+    if batch_size < 1 or steps < 0:
+        raise ValueError(f"batch_size must be >= 1 and steps >= 0, got {batch_size} and {steps}.")
+    with torch.enable_grad():
+        p = base.detach().unsqueeze(0).repeat(batch_size, *([1] * base.dim()))
+        p.requires_grad_(True)
+        m = v = None
+        loss_before = None
+        for k in range(1, steps + 1):
+            losses = _per_sample(loss_fn, p)
+            if loss_before is None:
+                loss_before = losses.detach()
+            (g,) = torch.autograd.grad(losses.sum(), p)
+            with torch.no_grad():
+                if optimizer == "sgd":
+                    p.sub_(lr * g)
+                else:
+                    m = g * (1 - betas[0]) if m is None else m.lerp_(g, 1 - betas[0])
+                    v = (
+                        g.square() * (1 - betas[1])
+                        if v is None
+                        else v.lerp_(g.square(), 1 - betas[1])
+                    )
+                    m_hat = m / (1 - betas[0] ** k)
+                    v_hat = v / (1 - betas[1] ** k)
+                    p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+    with torch.no_grad():
+        loss_after = _per_sample(loss_fn, p).detach()
+    if loss_before is None:
+        loss_before = loss_after
+    return OverfitResult(p.detach(), loss_before, loss_after)
