@@ -185,6 +185,10 @@ def test_bad_arguments_raise():
     ]:
         with pytest.raises(ValueError, match=word):
             PromptDiffusion((3, 6), 5, **SMALL, **kw)
+    with pytest.raises(ValueError, match="prompt_shape"):
+        PromptDiffusion((), 5, **SMALL)
+    with pytest.raises(ValueError, match="heads"):
+        PromptDiffusion((3, 6), 5, depth=1, width=30, heads=4)
     model = small_model()
     cond = torch.randn(2, 5)
     with pytest.raises(ValueError, match="x0"):

@@ -126,6 +126,10 @@ def test_time_grids():
     torch.testing.assert_close(flow.alpha, 1 - flow.t)
     torch.testing.assert_close(flow.sigma, flow.t)
     assert len(time_grid(make_schedule("flow"), 150).t) == 151  # flow time is continuous
+    sched = make_schedule("vp", "linear", 100)
+    for steps in range(1, 101):
+        t = time_grid(sched, steps).t
+        assert t[0] == 99 and t[-1] == -1 and (t[1:] < t[:-1]).all(), steps
 
 
 def test_schedules():
@@ -171,4 +175,4 @@ def test_bad_names_and_steps_raise():
     with pytest.raises(ValueError, match="steps"):
         time_grid(make_schedule("vp", "linear", 100), 101)
     with pytest.raises(ValueError, match="prediction"):
-        prediction_target(make_schedule(), "score", torch.zeros(1), torch.zeros(1), 1.0, 0.0)
+        prediction_target(make_schedule(), "score", *[torch.zeros(1)] * 4)

@@ -24,7 +24,16 @@ class PromptDenoiser(nn.Module):
     zero-initialised Linear read at the prompt positions, so an untrained model outputs zeros.
     """
 
-    def __init__(self, prompt_shape, cond_dim: int, *, depth=4, width=256, heads=8, dropout=0.0):
+    def __init__(
+        self,
+        prompt_shape: tuple[int, ...],
+        cond_dim: int,
+        *,
+        depth: int = 4,
+        width: int = 256,
+        heads: int = 8,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.prompt_shape = tuple(int(n) for n in prompt_shape)
         self.dim = self.prompt_shape[-1]

@@ -41,7 +41,7 @@ class PromptDiffusion(nn.Module):
 
     def __init__(
         self,
-        prompt_shape,
+        prompt_shape: tuple[int, ...],
         cond_dim: int,
         *,
         timesteps: int = 100,
@@ -65,6 +65,10 @@ class PromptDiffusion(nn.Module):
                 "prediction='eps' is not supported with formulation='flow' (x0 is undefined at "
                 "t=1 where alpha=0); use prediction 'x0' or 'v'."
             )
+        if len(prompt_shape) == 0 or min(prompt_shape) < 1:
+            raise ValueError(f"prompt_shape must be a non-empty shape [*S], got {prompt_shape}.")
+        if width % heads:
+            raise ValueError(f"width must be a multiple of heads, got {width} and {heads}.")
         self.schedule = make_schedule(formulation, schedule, timesteps)
         self.prediction = prediction
         self.prompt_shape = tuple(int(n) for n in prompt_shape)
@@ -108,7 +112,12 @@ class PromptDiffusion(nn.Module):
     def training_loss(
         self, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
-        """(diffusion loss, one-step x0 estimate [B, *S] in raw space, differentiable)."""
+        """(diffusion loss, one-step x0 estimate [B, *S] in raw space, differentiable).
+
+        In training mode the batch is first folded into the standardisation stats. With
+        prediction='eps' the x0 estimate is (x_t - sigma eps_hat) / alpha and gets very noisy at
+        the noisiest steps; weight any loss through it accordingly.
+        """
         self._check(cond, x0)
         x0 = x0.float()
         if self.training:

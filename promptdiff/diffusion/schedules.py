@@ -70,7 +70,7 @@ class Schedule:
         t = t.to(torch.float64)
         return t if self.formulation == "flow" else (t + 1) / self.timesteps
 
-    def sample_t(self, n: int, generator: torch.Generator | None, device) -> Tensor:
+    def sample_t(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
         """Training times: uniform indices for vp, uniform on [0, 1) for flow."""
         gen_device = generator.device if generator is not None else device
         if self.formulation == "flow":
@@ -134,7 +134,9 @@ def time_grid(schedule: Schedule, steps: int) -> TimeGrid:
     return TimeGrid(t, alpha, sigma)
 
 
-def prediction_coefs(schedule: Schedule, prediction: str, alpha: Tensor, sigma: Tensor):
+def prediction_coefs(
+    schedule: Schedule, prediction: str, alpha: Tensor, sigma: Tensor
+) -> tuple[Tensor, Tensor]:
     """(a, b) with prediction = a * x0 + b * eps."""
     _check("prediction", prediction, PREDICTIONS)
     if prediction == "x0":
@@ -144,14 +146,16 @@ def prediction_coefs(schedule: Schedule, prediction: str, alpha: Tensor, sigma: 
     return schedule.v_coefs(alpha, sigma)
 
 
-def prediction_target(schedule, prediction: str, x0: Tensor, eps: Tensor, alpha, sigma) -> Tensor:
+def prediction_target(
+    schedule: Schedule, prediction: str, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor
+) -> Tensor:
     """The quantity the network regresses onto for this prediction type."""
     a, b = prediction_coefs(schedule, prediction, alpha, sigma)
     return a.to(x0.dtype) * x0 + b.to(x0.dtype) * eps
 
 
 def x0_from_prediction(
-    schedule, prediction: str, pred: Tensor, x_t: Tensor, alpha, sigma
+    schedule: Schedule, prediction: str, pred: Tensor, x_t: Tensor, alpha: Tensor, sigma: Tensor
 ) -> Tensor:
     """Invert pred = a x0 + b eps and x_t = alpha x0 + sigma eps for x0.
 

@@ -19,7 +19,13 @@ class RunningStandardizer(nn.Module):
     RMS std so that elements that never vary are not blown up to unit scale.
     """
 
-    def __init__(self, shape, momentum: float | None = None, frozen: bool = False, rel_floor=1e-3):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        momentum: float | None = None,
+        frozen: bool = False,
+        rel_floor: float = 1e-3,
+    ):
         super().__init__()
         if momentum is not None and not 0.0 < momentum <= 1.0:
             raise ValueError(f"momentum must be None or in (0, 1], got {momentum}.")
