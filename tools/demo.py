@@ -15,8 +15,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from promptdiff.backbone import save_tiny_clip  # noqa: E402
-from promptdiff.synthetic import make_shapes_caltech  # noqa: E402
+from promptdiff.backbone import tiny_clip  # noqa: E402
+from promptdiff.engine.utils import torch_save_atomic  # noqa: E402
+from promptdiff.synthetic import make_shapes_caltech, pretrain_tiny_clip  # noqa: E402
 
 SHOTS = 8
 
@@ -35,13 +36,23 @@ def main() -> None:
     parser.add_argument("--workdir", default=os.path.join(ROOT, "demo_output"))
     parser.add_argument("--epochs", type=int, default=10, help="stage-1 (baseline) epochs")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=300,
+        help="contrastive steps for the tiny CLIP (0: random)",
+    )
     args = parser.parse_args()
 
     work = os.path.abspath(args.workdir)
     data = make_shapes_caltech(os.path.join(work, "data"), n_classes=8, n_per_class=24)
     weights = os.path.join(work, "tiny_clip.pt")
     if not os.path.isfile(weights):
-        save_tiny_clip(weights)
+        print("[demo] pre-training a tiny CLIP on captioned shapes (all 24 classes)", flush=True)
+        model = tiny_clip()
+        if args.pretrain_steps:
+            pretrain_tiny_clip(model, steps=args.pretrain_steps)
+        torch_save_atomic(model.state_dict(), weights)
     out = os.path.join(work, "output", "base2new")
     common = [
         "--root",
