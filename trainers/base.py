@@ -121,15 +121,13 @@ class ClipPromptTrainer(TrainerX):
     def forward_backward(self, batch) -> dict:
         image, label = self.parse_batch_train(batch)
         with self.autocast():
-            output = self.model(image, label) if self.model_takes_label else self.model(image)
+            output = self.model(image)
         loss = F.cross_entropy(output.float(), label)
         self.model_backward_and_update(loss)
         summary = {"loss": loss.item(), "acc": accuracy(output, label)}
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr("prompt_learner")
         return summary
-
-    model_takes_label = False
 
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
         with self.autocast():
