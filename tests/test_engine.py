@@ -151,3 +151,14 @@ def test_missing_image_in_split_names_image_and_split(shapes_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="split_zhou_Caltech101.json") as err:
         build_dataset(_caltech_cfg(root, shots=-1))
     assert missing.split("/")[-1] in str(err.value)
+
+
+def test_integer_for_float_key_on_command_line_is_accepted():
+    from promptdiff.engine import merge_opts
+
+    cfg = get_cfg_default()
+    merge_opts(cfg, ["OPTIM.LR", "1", "OPTIM.MAX_EPOCH", "3"])
+    assert cfg.OPTIM.LR == 1.0 and isinstance(cfg.OPTIM.LR, float)
+    assert cfg.OPTIM.MAX_EPOCH == 3
+    with pytest.raises(ConfigError, match="OPTIM.MAX_EPOCH"):
+        merge_opts(cfg, ["OPTIM.MAX_EPOCH", "2.5"])

@@ -131,8 +131,20 @@ def merge_opts(cfg: CN, opts: list) -> None:
     """Merge trailing KEY VALUE command-line options with the same error style as files."""
     if len(opts) % 2:
         raise ConfigError(f"Command-line options must come in KEY VALUE pairs (got {opts}).")
+    opts = list(opts)
+    for i in range(0, len(opts), 2):
+        node = cfg
+        for part in str(opts[i]).split("."):
+            node = node.get(part) if isinstance(node, CN) else None
+        # `TRAINER.PD.CE_WEIGHT 0` means 0.0; yacs would reject the int for a float key
+        if (
+            isinstance(node, float)
+            and isinstance(opts[i + 1], str)
+            and opts[i + 1].lstrip("-").isdigit()
+        ):
+            opts[i + 1] = opts[i + 1] + ".0"
     try:
-        cfg.merge_from_list(list(opts))
+        cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError) as exc:
         raise ConfigError(
             f"Command-line option: {_describe_key_error(exc)}; fix or remove it."
