@@ -1,0 +1,44 @@
+import os
+
+from datasets.common import CoOpDataset, make_datum, require_dir, require_file
+from promptdiff.host import DATASET_REGISTRY
+
+
+@DATASET_REGISTRY.register()
+class FGVCAircraft(CoOpDataset):
+    """fgvc_aircraft/images/<id>.jpg with the official variants.txt (class names, label = line
+    number) and images_variant_{train,val,test}.txt (lines "<id> <variant>"); no split JSON."""
+
+    dataset_dir = "fgvc_aircraft"
+
+    def __init__(self, cfg):
+        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
+        self.image_dir = require_dir(os.path.join(self.dataset_dir, "images"))
+        variants = require_file(os.path.join(self.dataset_dir, "variants.txt"), "class-name file")
+        with open(variants) as f:
+            classnames = [line.strip() for line in f if line.strip()]
+        cname2lab = {c: i for i, c in enumerate(classnames)}
+        train = self.read_data(cname2lab, "images_variant_train.txt")
+        val = self.read_data(cname2lab, "images_variant_val.txt")
+        test = self.read_data(cname2lab, "images_variant_test.txt")
+        self.finalize(cfg, train, val, test)
+
+    def read_data(self, cname2lab: dict, split_file: str) -> list:
+        filepath = require_file(os.path.join(self.dataset_dir, split_file), "split list")
+        items = []
+        with open(filepath) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                imname, classname = line.strip().split(" ", 1)
+                if classname not in cname2lab:
+                    raise ValueError(
+                        f"Variant {classname!r} in {filepath} is not listed in variants.txt; "
+                        f"use the variants.txt that came with the same FGVC-Aircraft release."
+                    )
+                impath = os.path.join(self.image_dir, imname + ".jpg")
+                items.append(
+                    make_datum(impath, cname2lab[classname], classname, filepath, regenerable=False)
+                )
+        return items

@@ -1,0 +1,124 @@
+import os
+
+from datasets.common import (
+    CoOpDataset,
+    listdir_nohidden,
+    require_dir,
+    require_file,
+    subsample_classes,
+)
+from promptdiff.host import DATASET_REGISTRY, DatasetBase, Datum, log
+
+
+def read_classnames(text_file: str) -> dict[str, str]:
+    """classnames.txt lines "<wnid> <class name>" -> {wnid: class name} in file order."""
+    classnames = {}
+    with open(text_file) as f:
+        for line in f:
+            if line.strip():
+                folder, _, name = line.strip().partition(" ")
+                classnames[folder] = name
+    return classnames
+
+
+def find_classnames(root: str, dataset_dir: str) -> str:
+    """The variant's own classnames.txt (upstream's place), else DATASET.ROOT/imagenet/classnames.txt."""
+    own = os.path.join(dataset_dir, "classnames.txt")
+    fallback = os.path.join(root, "imagenet", "classnames.txt")
+    for path in (own, fallback):
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(
+        f"The class-name file {own} does not exist (nor {fallback}); copy ImageNet's "
+        f"classnames.txt into either place (see DATASETS.md)."
+    )
+
+
+def read_class_folders(image_dir: str, classnames: dict, text_file: str) -> tuple[list, list]:
+    """Sorted <wnid> class folders of image_dir, labelled by that order: (folders, items)."""
+    require_dir(image_dir, "image folder")
+    folders = [d for d in listdir_nohidden(image_dir) if os.path.isdir(os.path.join(image_dir, d))]
+    if not folders:
+        raise FileNotFoundError(
+            f"The image folder {image_dir} has no class folders; arrange its images into one "
+            f"folder per class (<wnid>/), see DATASETS.md."
+        )
+    unknown = [d for d in folders if d not in classnames]
+    if unknown:
+        raise ValueError(
+            f"Class folders {unknown[:3]} in {image_dir} are not listed in {text_file}; use "
+            f"ImageNet's classnames.txt (lines '<wnid> <class name>')."
+        )
+    items = []
+    for label, folder in enumerate(folders):
+        folder_dir = os.path.join(image_dir, folder)
+        for imname in listdir_nohidden(folder_dir):
+            items.append(
+                Datum(
+                    impath=os.path.join(folder_dir, imname),
+                    label=label,
+                    classname=classnames[folder],
+                )
+            )
+    return folders, items
+
+
+class ImageNetTestOnly(DatasetBase):
+    """An ImageNet variant read as test data only (train_x = test, no val), as upstream: used to
+    evaluate a model trained on ImageNet; DATASET.NUM_SHOTS and SUBSAMPLE_CLASSES do not apply."""
+
+    dataset_dir = ""
+    image_subdir = ""
+
+    def __init__(self, cfg):
+        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
+        self.image_dir = require_dir(
+            os.path.join(self.dataset_dir, self.image_subdir), "image folder"
+        )
+        text_file = find_classnames(root, self.dataset_dir)
+        data = self.read_data(read_classnames(text_file), text_file)
+        if cfg.DATASET.NUM_SHOTS >= 1 or cfg.DATASET.SUBSAMPLE_CLASSES != "all":
+            log(
+                f"{type(self).__name__} is test-only: DATASET.NUM_SHOTS and "
+                f"DATASET.SUBSAMPLE_CLASSES are ignored (as upstream)."
+            )
+        super().__init__(train_x=data, test=data)
+
+    def read_data(self, classnames: dict, text_file: str) -> list:
+        return read_class_folders(self.image_dir, classnames, text_file)[1]
+
+
+@DATASET_REGISTRY.register()
+class ImageNet(CoOpDataset):
+    """imagenet/images/{train,val}/<wnid>/*.JPEG with imagenet/classnames.txt; val is the test set
+    (and the val split, as upstream); few-shot subsets are drawn from train only."""
+
+    dataset_dir = "imagenet"
+
+    def __init__(self, cfg):
+        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
+        self.image_dir = require_dir(os.path.join(self.dataset_dir, "images"))
+        train_dir = require_dir(os.path.join(self.image_dir, "train"), "image folder")
+        text_file = require_file(
+            os.path.join(self.dataset_dir, "classnames.txt"), "class-name file"
+        )
+        classnames = read_classnames(text_file)
+        val_dir = os.path.join(self.image_dir, "val")
+        val_folders, test = read_class_folders(val_dir, classnames, text_file)
+        num_shots = cfg.DATASET.NUM_SHOTS
+        if num_shots >= 1 and os.path.isfile(self.fewshot_cache_path(cfg, num_shots)):
+            train = []  # the cached subset is loaded below; no need to list all training images
+        else:
+            train_folders, train = read_class_folders(train_dir, classnames, text_file)
+            if train_folders != val_folders:
+                raise ValueError(
+                    f"{train_dir} has {len(train_folders)} class folders but {val_dir} has "
+                    f"{len(val_folders)} (or other names); ImageNet val must be arranged in the "
+                    f"same <wnid> class folders as train (see DATASETS.md)."
+                )
+        if num_shots >= 1:
+            train, _ = self.fewshot(cfg, train, [], num_shots)
+        train, test = subsample_classes(train, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+        DatasetBase.__init__(self, train_x=train, val=test, test=test)

@@ -1,0 +1,10 @@
+from datasets.imagenet import ImageNetTestOnly
+from promptdiff.host import DATASET_REGISTRY
+
+
+@DATASET_REGISTRY.register()
+class ImageNetR(ImageNetTestOnly):
+    """imagenet-rendition/imagenet-r/<wnid>/* (200 classes, labelled by sorted folder) with classnames.txt; test-only."""
+
+    dataset_dir = "imagenet-rendition"
+    image_subdir = "imagenet-r"

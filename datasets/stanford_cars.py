@@ -1,0 +1,62 @@
+import os
+
+from scipy.io import loadmat
+
+from datasets.common import (
+    CoOpDataset,
+    make_datum,
+    read_split,
+    require_dir,
+    require_file,
+    save_split,
+    split_trainval,
+)
+from promptdiff.host import DATASET_REGISTRY
+
+WHY = "(needed while split_zhou_StanfordCars.json is absent)"
+
+
+@DATASET_REGISTRY.register()
+class StanfordCars(CoOpDataset):
+    """stanford_cars/{cars_train,cars_test}/*.jpg with split_zhou_StanfordCars.json (paths relative
+    to stanford_cars/), or built from devkit/cars_train_annos.mat (split 80/20 into train/val),
+    cars_test_annos_withlabels.mat and devkit/cars_meta.mat."""
+
+    dataset_dir = "stanford_cars"
+
+    def __init__(self, cfg):
+        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
+        self.split_path = os.path.join(self.dataset_dir, "split_zhou_StanfordCars.json")
+        if os.path.exists(self.split_path):
+            train, val, test = read_split(self.split_path, self.dataset_dir)
+        else:
+            devkit = os.path.join(self.dataset_dir, "devkit")
+            meta = require_file(os.path.join(devkit, "cars_meta.mat"), f"class-name file {WHY}")
+            test_anno = os.path.join(self.dataset_dir, "cars_test_annos_withlabels.mat")
+            if not os.path.isfile(test_anno) and os.path.isfile(
+                os.path.join(devkit, "cars_test_annos_withlabels.mat")
+            ):
+                test_anno = os.path.join(devkit, "cars_test_annos_withlabels.mat")
+            trainval = self.read_data(
+                "cars_train", os.path.join(devkit, "cars_train_annos.mat"), meta
+            )
+            test = self.read_data("cars_test", test_anno, meta)
+            train, val = split_trainval(trainval)
+            save_split(train, val, test, self.split_path, self.dataset_dir)
+        self.finalize(cfg, train, val, test)
+
+    def read_data(self, image_dir: str, anno_file: str, meta_file: str) -> list:
+        """Label = class - 1; the class name is cars_meta's with its last word (the year) moved to
+        the front, as upstream: "AM General Hummer SUV 2000" -> "2000 AM General Hummer SUV"."""
+        image_dir = require_dir(os.path.join(self.dataset_dir, image_dir), "image folder")
+        annos = loadmat(require_file(anno_file, f"annotation file {WHY}"))["annotations"][0]
+        names = loadmat(meta_file)["class_names"][0]
+        items = []
+        for anno in annos:
+            label = int(anno["class"][0, 0]) - 1
+            words = str(names[label][0]).split(" ")
+            classname = " ".join([words[-1], *words[:-1]])
+            impath = os.path.join(image_dir, str(anno["fname"][0]))
+            items.append(make_datum(impath, label, classname, anno_file, regenerable=False))
+        return items

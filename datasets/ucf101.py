@@ -1,0 +1,71 @@
+import os
+import re
+
+from datasets.common import (
+    CoOpDataset,
+    make_datum,
+    read_split,
+    require_dir,
+    require_file,
+    save_split,
+    split_trainval,
+)
+from promptdiff.host import DATASET_REGISTRY
+
+WHY = "(needed while split_zhou_UCF101.json is absent)"
+
+
+def action_to_classname(action: str) -> str:
+    """Upstream's renaming: split the CamelCase folder name at capitals, join with "_"
+    ("ApplyEyeMakeup" -> "Apply_Eye_Makeup"; prompts later replace "_" by spaces)."""
+    return "_".join(re.findall("[A-Z][^A-Z]*", action))
+
+
+@DATASET_REGISTRY.register()
+class UCF101(CoOpDataset):
+    """ucf101/UCF-101-midframes/<Action>/<video>.jpg (one middle frame per video) with
+    split_zhou_UCF101.json, or built from ucfTrainTestlist/classInd.txt, trainlist01.txt (split
+    80/20 into train/val) and testlist01.txt."""
+
+    dataset_dir = "ucf101"
+
+    def __init__(self, cfg):
+        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
+        self.image_dir = require_dir(os.path.join(self.dataset_dir, "UCF-101-midframes"))
+        self.split_path = os.path.join(self.dataset_dir, "split_zhou_UCF101.json")
+        if os.path.exists(self.split_path):
+            train, val, test = read_split(self.split_path, self.image_dir)
+        else:
+            cname2lab = {}
+            for line in self.read_lines("classInd.txt"):  # "1 ApplyEyeMakeup", 1-based
+                label, action = line.split(" ")
+                cname2lab[action] = int(label) - 1
+            trainval = self.read_data(cname2lab, "trainlist01.txt")
+            test = self.read_data(cname2lab, "testlist01.txt")
+            train, val = split_trainval(trainval)
+            save_split(train, val, test, self.split_path, self.image_dir)
+        self.finalize(cfg, train, val, test)
+
+    def read_lines(self, name: str) -> list[str]:
+        path = os.path.join(self.dataset_dir, "ucfTrainTestlist", name)
+        with open(require_file(path, f"split list {WHY}")) as f:
+            return [line.strip() for line in f if line.strip()]
+
+    def read_data(self, cname2lab: dict, text_file: str) -> list:
+        """Lines "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi[ 1]" -> the video's .jpg frame."""
+        source = os.path.join(self.dataset_dir, "ucfTrainTestlist", text_file)
+        items = []
+        for line in self.read_lines(text_file):
+            action, filename = line.split(" ")[0].split("/")
+            impath = os.path.join(self.image_dir, action, filename.replace(".avi", ".jpg"))
+            items.append(
+                make_datum(
+                    impath,
+                    cname2lab[action],
+                    action_to_classname(action),
+                    source,
+                    regenerable=False,
+                )
+            )
+        return items
