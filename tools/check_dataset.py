@@ -1,0 +1,321 @@
+"""Check that datasets are laid out under DATASET.ROOT as the dataset classes expect.
+
+    python tools/check_dataset.py --root DATA oxford_pets StanfordCars
+    python tools/check_dataset.py --root DATA all
+
+NAME is a registered dataset name (OxfordPets) or a config name (oxford_pets, the file name in
+configs/datasets/); `all` checks every dataset. For each dataset this prints READY or MISSING
+followed by every missing folder or file. It only stats paths (no image is opened): the required
+folders and files, and, when a split file exists (split_zhou_<Name>.json; FGVCAircraft's official
+lists), that the images it lists exist (all of them, or --sample N spread over the list).
+Exit code 0 only when every requested dataset is READY. See DATASETS.md for the layouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)  # run from a checkout without installing anything
+
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "datasets")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths relative to DATASET.ROOT. A file entry may be a tuple of alternatives (any one)."""
+
+    folder: str  # the dataset folder
+    dirs: tuple = ()  # folders always required
+    files: tuple = ()  # files always required
+    split: str = ""  # split_zhou_*.json (optional: generated on the first run when absent)
+    split_prefix: str = ""  # the folder the split's paths are relative to
+    build_files: tuple = ()  # needed only while the split file is absent
+    build_dirs: tuple = ()
+    class_dirs: tuple = ()  # folders that must hold one sub-folder per class
+    build_class_dirs: tuple = ()  # the same, only while the split file is absent
+    lists: tuple = ()  # FGVCAircraft: official lists "<id> <variant>" -> images/<id>.jpg
+
+
+def _split(folder: str, name: str, image_subdir: str = "", **kw) -> Layout:
+    prefix = os.path.join(folder, image_subdir) if image_subdir else folder
+    dirs = (prefix,) if image_subdir else ()
+    return Layout(
+        folder=folder,
+        dirs=dirs,
+        split=os.path.join(folder, f"split_zhou_{name}.json"),
+        split_prefix=prefix,
+        **kw,
+    )
+
+
+def _folder_per_class(folder: str, name: str, image_subdir: str) -> Layout:
+    return _split(
+        folder, name, image_subdir, build_class_dirs=(os.path.join(folder, image_subdir),)
+    )
+
+
+def _imagenet_variant(folder: str, image_subdir: str) -> Layout:
+    image_dir = os.path.join(folder, image_subdir)
+    classnames = (
+        os.path.join(folder, "classnames.txt"),
+        os.path.join("imagenet", "classnames.txt"),
+    )
+    return Layout(folder=folder, dirs=(image_dir,), files=(classnames,), class_dirs=(image_dir,))
+
+
+FGVC_LISTS = tuple(
+    os.path.join("fgvc_aircraft", f"images_variant_{s}.txt") for s in ("train", "val", "test")
+)
+
+LAYOUTS = {
+    "Caltech101": _folder_per_class("caltech-101", "Caltech101", "101_ObjectCategories"),
+    "OxfordPets": _split(
+        "oxford_pets",
+        "OxfordPets",
+        "images",
+        build_files=(
+            os.path.join("oxford_pets", "annotations", "trainval.txt"),
+            os.path.join("oxford_pets", "annotations", "test.txt"),
+        ),
+    ),
+    "StanfordCars": _split(
+        "stanford_cars",
+        "StanfordCars",
+        build_dirs=(
+            os.path.join("stanford_cars", "cars_train"),
+            os.path.join("stanford_cars", "cars_test"),
+        ),
+        build_files=(
+            os.path.join("stanford_cars", "devkit", "cars_train_annos.mat"),
+            (
+                os.path.join("stanford_cars", "cars_test_annos_withlabels.mat"),
+                os.path.join("stanford_cars", "devkit", "cars_test_annos_withlabels.mat"),
+            ),
+            os.path.join("stanford_cars", "devkit", "cars_meta.mat"),
+        ),
+    ),
+    "OxfordFlowers": _split(
+        "oxford_flowers",
+        "OxfordFlowers",
+        "jpg",
+        build_files=(
+            os.path.join("oxford_flowers", "imagelabels.mat"),
+            os.path.join("oxford_flowers", "cat_to_name.json"),
+        ),
+    ),
+    "Food101": _folder_per_class("food-101", "Food101", "images"),
+    "FGVCAircraft": Layout(
+        folder="fgvc_aircraft",
+        dirs=(os.path.join("fgvc_aircraft", "images"),),
+        files=(os.path.join("fgvc_aircraft", "variants.txt"), *FGVC_LISTS),
+        lists=FGVC_LISTS,
+    ),
+    "SUN397": _split(
+        "sun397",
+        "SUN397",
+        "SUN397",
+        build_files=tuple(
+            os.path.join("sun397", f)
+            for f in ("ClassName.txt", "Training_01.txt", "Testing_01.txt")
+        ),
+    ),
+    "DescribableTextures": _folder_per_class("dtd", "DescribableTextures", "images"),
+    "EuroSAT": _folder_per_class("eurosat", "EuroSAT", "2750"),
+    "UCF101": _split(
+        "ucf101",
+        "UCF101",
+        "UCF-101-midframes",
+        build_files=tuple(
+            os.path.join("ucf101", "ucfTrainTestlist", f)
+            for f in ("classInd.txt", "trainlist01.txt", "testlist01.txt")
+        ),
+    ),
+    "ImageNet": Layout(
+        folder="imagenet",
+        dirs=(
+            os.path.join("imagenet", "images", "train"),
+            os.path.join("imagenet", "images", "val"),
+        ),
+        files=(os.path.join("imagenet", "classnames.txt"),),
+        class_dirs=(
+            os.path.join("imagenet", "images", "train"),
+            os.path.join("imagenet", "images", "val"),
+        ),
+    ),
+    "ImageNetV2": _imagenet_variant("imagenetv2", "imagenetv2-matched-frequency-format-val"),
+    "ImageNetSketch": _imagenet_variant("imagenet-sketch", "images"),
+    "ImageNetA": _imagenet_variant("imagenet-adversarial", "imagenet-a"),
+    "ImageNetR": _imagenet_variant("imagenet-rendition", "imagenet-r"),
+}
+
+
+def config_names() -> dict[str, str]:
+    """configs/datasets/<config>.yaml -> the DATASET.NAME it sets."""
+    names = {}
+    if not os.path.isdir(CONFIG_DIR):
+        return names
+    for fname in sorted(os.listdir(CONFIG_DIR)):
+        if fname.endswith(".yaml"):
+            with open(os.path.join(CONFIG_DIR, fname)) as f:
+                for line in f:
+                    key, _, value = line.strip().partition(":")
+                    if key == "NAME":
+                        names[fname[: -len(".yaml")]] = value.strip().strip("\"'")
+    return names
+
+
+def resolve(names: list[str]) -> list[str]:
+    """Registered names in the order asked (duplicates dropped); unknown names raise ValueError."""
+    by_lower = {n.lower(): n for n in LAYOUTS}
+    by_config = {k.lower(): v for k, v in config_names().items()}
+    out = []
+    for name in names:
+        key = name.lower()
+        if key == "all":
+            found = list(LAYOUTS)
+        elif key in by_lower:
+            found = [by_lower[key]]
+        elif key in by_config and by_config[key] in LAYOUTS:
+            found = [by_config[key]]
+        else:
+            raise ValueError(
+                f"Unknown dataset {name!r}; use a registered name ({', '.join(LAYOUTS)}), a config "
+                f"name from configs/datasets/ or 'all'."
+            )
+        out += [n for n in found if n not in out]
+    return out
+
+
+def _exists(root: str, entry, isfn) -> tuple[bool, str]:
+    """Whether the path (or any alternative) exists, and how to name it in the report."""
+    alternatives = entry if isinstance(entry, tuple) else (entry,)
+    paths = [os.path.join(root, p) for p in alternatives]
+    shown = paths[0] + "".join(f" (or {p})" for p in paths[1:])
+    return any(isfn(p) for p in paths), shown
+
+
+def _class_dir_problem(path: str) -> str:
+    if not os.path.isdir(path):
+        return ""  # reported as a missing folder already
+    entries = [e for e in os.listdir(path) if not e.startswith(".")]
+    if any(os.path.isdir(os.path.join(path, e)) for e in entries):
+        return ""
+    loose = sum(os.path.isfile(os.path.join(path, e)) for e in entries)
+    if loose:
+        return (
+            f"class folders in {path} (it holds {loose} loose files): arrange the images into "
+            f"one folder per class (ImageNet val: see DATASETS.md)"
+        )
+    return f"class folders in {path} (it is empty)"
+
+
+def listed_images(root: str, layout: Layout) -> tuple[str, list[str]] | None:
+    """(source, image paths) from the split file or official lists, or None when there is none."""
+    split = os.path.join(root, layout.split) if layout.split else ""
+    if split and os.path.isfile(split):
+        with open(split) as f:
+            data = json.load(f)
+        prefix = os.path.join(root, layout.split_prefix)
+        paths = [
+            os.path.join(prefix, item[0]) for key in ("train", "val", "test") for item in data[key]
+        ]
+        return split, paths
+    if layout.lists:
+        paths = []
+        for rel in layout.lists:
+            path = os.path.join(root, rel)
+            if os.path.isfile(path):
+                with open(path) as f:
+                    ids = [line.split(" ", 1)[0] for line in f if line.strip()]
+                paths += [os.path.join(root, layout.folder, "images", i + ".jpg") for i in ids]
+        return "the images_variant_*.txt lists", paths
+    return None
+
+
+def check(root: str, name: str, sample: int = 0) -> tuple[list[str], list[str]]:
+    """(missing, notes) for one dataset; ready when `missing` is empty."""
+    layout = LAYOUTS[name]
+    folder = os.path.join(root, layout.folder)
+    if not os.path.isdir(folder):
+        return [f"folder {folder} (the whole dataset)"], []
+    missing, notes = [], []
+    has_split = bool(layout.split) and os.path.isfile(os.path.join(root, layout.split))
+    dirs = layout.dirs + (() if has_split else layout.build_dirs)
+    for entry in dirs:
+        ok, shown = _exists(root, entry, os.path.isdir)
+        if not ok:
+            missing.append(f"folder {shown}")
+    for entry in layout.files:
+        ok, shown = _exists(root, entry, os.path.isfile)
+        if not ok:
+            missing.append(f"file {shown}")
+    if layout.split and not has_split:
+        why = f"(needed while {os.path.basename(layout.split)} is absent)"
+        for entry in layout.build_files:
+            ok, shown = _exists(root, entry, os.path.isfile)
+            if not ok:
+                missing.append(f"file {shown} {why}")
+        notes.append(
+            f"no {os.path.join(root, layout.split)}: the first run generates and saves one; get "
+            f"the CoOp authors' file to use the published split (DATASETS.md)"
+        )
+    class_dirs = layout.class_dirs + (() if has_split else layout.build_class_dirs)
+    for rel in class_dirs:
+        problem = _class_dir_problem(os.path.join(root, rel))
+        if problem:
+            missing.append(problem)
+    try:
+        listed = listed_images(root, layout)
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        return missing + [
+            f"a readable split file ({os.path.join(root, layout.split)}: {exc})"
+        ], notes
+    if listed:
+        source, paths = listed
+        if sample and len(paths) > sample:
+            step = len(paths) / sample
+            paths = [paths[int(i * step)] for i in range(sample)]
+        absent = [p for p in paths if not os.path.isfile(p)]
+        checked = f"{len(paths):,} {'sampled ' if sample else ''}images listed in {source}"
+        if absent:
+            missing.append(f"{len(absent):,} of {checked}, e.g. {absent[0]}")
+        else:
+            notes.append(f"all {checked} exist")
+    return missing, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--root", required=True, help="DATASET.ROOT, the folder holding the datasets"
+    )
+    parser.add_argument("names", nargs="+", metavar="NAME", help="dataset or config name, or all")
+    parser.add_argument(
+        "--sample", type=int, default=0, help="check at most N listed images per dataset (0: all)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        names = resolve(args.names)
+    except ValueError as exc:
+        parser.error(str(exc))
+    root = os.path.abspath(os.path.expanduser(args.root))
+    all_ready = True
+    for name in names:
+        missing, notes = check(root, name, args.sample)
+        all_ready &= not missing
+        print(f"{name}: {'MISSING' if missing else 'READY'}")
+        for line in missing:
+            print(f"  missing: {line}")
+        for line in notes:
+            print(f"  note: {line}")
+    return 0 if all_ready else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
