@@ -173,8 +173,41 @@ def subsample_classes(*args, subsample: str = "all"):
     return output
 
 
+def dataset_folder(cfg, name: str) -> str:
+    """DATASET.ROOT/<name>, which must exist."""
+    root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
+    return require_dir(os.path.join(root, name))
+
+
 class CoOpDataset(DatasetBase):
-    """DatasetBase plus the shared few-shot + cache + subsample step of every CoOp dataset."""
+    """DatasetBase plus what every CoOp dataset does: read split_zhou_<Name>.json (or build the
+    split once and save it), then the shared few-shot + cache + subsample step.
+
+    A dataset names `dataset_dir` and `image_subdir` (split paths are relative to it; None = the
+    dataset folder). Folder-per-class datasets need nothing else (IGNORED / NEW_CNAMES tune the
+    generated 50/20/30 split); others override `build_split`.
+    """
+
+    image_subdir: str | None = None
+    IGNORED: tuple = ()
+    NEW_CNAMES: dict | None = None
+
+    def __init__(self, cfg):
+        self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
+        self.image_dir = self.dataset_dir
+        if self.image_subdir:
+            self.image_dir = require_dir(os.path.join(self.dataset_dir, self.image_subdir))
+        self.split_path = os.path.join(self.dataset_dir, f"split_zhou_{type(self).__name__}.json")
+        if os.path.exists(self.split_path):
+            train, val, test = read_split(self.split_path, self.image_dir)
+        else:
+            train, val, test = self.build_split()
+            save_split(train, val, test, self.split_path, self.image_dir)
+        self.finalize(cfg, train, val, test)
+
+    def build_split(self) -> tuple[list, list, list]:
+        """The split when no split file exists: by default 50/20/30 per class folder."""
+        return read_and_split_data(self.image_dir, ignored=self.IGNORED, new_cnames=self.NEW_CNAMES)
 
     def finalize(self, cfg, train: list, val: list, test: list) -> None:
         """Apply DATASET.NUM_SHOTS (cached per shots and seed) and SUBSAMPLE_CLASSES, then init."""

@@ -1,6 +1,4 @@
-import os
-
-from datasets.common import CoOpDataset, read_and_split_data, read_split, require_dir, save_split
+from datasets.common import CoOpDataset
 from promptdiff.host import DATASET_REGISTRY
 
 # upstream CoOp's readable names for the class folders (used by the prompts)
@@ -24,15 +22,5 @@ class EuroSAT(CoOpDataset):
     folder; folder names are mapped to NEW_CNAMES."""
 
     dataset_dir = "eurosat"
-
-    def __init__(self, cfg):
-        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
-        self.image_dir = require_dir(os.path.join(self.dataset_dir, "2750"))
-        self.split_path = os.path.join(self.dataset_dir, "split_zhou_EuroSAT.json")
-        if os.path.exists(self.split_path):
-            train, val, test = read_split(self.split_path, self.image_dir)
-        else:
-            train, val, test = read_and_split_data(self.image_dir, new_cnames=NEW_CNAMES)
-            save_split(train, val, test, self.split_path, self.image_dir)
-        self.finalize(cfg, train, val, test)
+    image_subdir = "2750"
+    NEW_CNAMES = NEW_CNAMES

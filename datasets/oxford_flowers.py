@@ -6,10 +6,7 @@ from scipy.io import loadmat
 from datasets.common import (
     CoOpDataset,
     make_datum,
-    read_split,
-    require_dir,
     require_file,
-    save_split,
 )
 from promptdiff.host import DATASET_REGISTRY, read_json
 
@@ -22,20 +19,9 @@ class OxfordFlowers(CoOpDataset):
     imagelabels.mat + cat_to_name.json with a 50/20/30 split per class."""
 
     dataset_dir = "oxford_flowers"
+    image_subdir = "jpg"
 
-    def __init__(self, cfg):
-        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
-        self.image_dir = require_dir(os.path.join(self.dataset_dir, "jpg"))
-        self.split_path = os.path.join(self.dataset_dir, "split_zhou_OxfordFlowers.json")
-        if os.path.exists(self.split_path):
-            train, val, test = read_split(self.split_path, self.image_dir)
-        else:
-            train, val, test = self.read_data()
-            save_split(train, val, test, self.split_path, self.image_dir)
-        self.finalize(cfg, train, val, test)
-
-    def read_data(self) -> tuple[list, list, list]:
+    def build_split(self) -> tuple[list, list, list]:
         """Image i (1-based) has labels[i - 1]; per label in order of first appearance shuffle,
         then 50% train, 20% val, rest test (upstream's RNG order)."""
         label_file = os.path.join(self.dataset_dir, "imagelabels.mat")

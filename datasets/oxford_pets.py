@@ -3,10 +3,7 @@ import os
 from datasets.common import (
     CoOpDataset,
     make_datum,
-    read_split,
-    require_dir,
     require_file,
-    save_split,
     split_trainval,
 )
 from promptdiff.host import DATASET_REGISTRY
@@ -18,21 +15,14 @@ class OxfordPets(CoOpDataset):
     annotations/trainval.txt (split 80/20 into train/val by split_trainval) and annotations/test.txt."""
 
     dataset_dir = "oxford_pets"
+    image_subdir = "images"
 
-    def __init__(self, cfg):
-        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
-        self.image_dir = require_dir(os.path.join(self.dataset_dir, "images"))
+    def build_split(self) -> tuple[list, list, list]:
         self.anno_dir = os.path.join(self.dataset_dir, "annotations")
-        self.split_path = os.path.join(self.dataset_dir, "split_zhou_OxfordPets.json")
-        if os.path.exists(self.split_path):
-            train, val, test = read_split(self.split_path, self.image_dir)
-        else:
-            trainval = self.read_data("trainval.txt")
-            test = self.read_data("test.txt")
-            train, val = split_trainval(trainval)
-            save_split(train, val, test, self.split_path, self.image_dir)
-        self.finalize(cfg, train, val, test)
+        trainval = self.read_data("trainval.txt")
+        test = self.read_data("test.txt")
+        train, val = split_trainval(trainval)
+        return train, val, test
 
     def read_data(self, split_file: str) -> list:
         """Lines "<image name> <class id> <species> <breed id>"; the breed is the lower-cased

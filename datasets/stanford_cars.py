@@ -5,10 +5,8 @@ from scipy.io import loadmat
 from datasets.common import (
     CoOpDataset,
     make_datum,
-    read_split,
     require_dir,
     require_file,
-    save_split,
     split_trainval,
 )
 from promptdiff.host import DATASET_REGISTRY
@@ -24,27 +22,18 @@ class StanfordCars(CoOpDataset):
 
     dataset_dir = "stanford_cars"
 
-    def __init__(self, cfg):
-        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
-        self.split_path = os.path.join(self.dataset_dir, "split_zhou_StanfordCars.json")
-        if os.path.exists(self.split_path):
-            train, val, test = read_split(self.split_path, self.dataset_dir)
-        else:
-            devkit = os.path.join(self.dataset_dir, "devkit")
-            meta = require_file(os.path.join(devkit, "cars_meta.mat"), f"class-name file {WHY}")
-            test_anno = os.path.join(self.dataset_dir, "cars_test_annos_withlabels.mat")
-            if not os.path.isfile(test_anno) and os.path.isfile(
-                os.path.join(devkit, "cars_test_annos_withlabels.mat")
-            ):
-                test_anno = os.path.join(devkit, "cars_test_annos_withlabels.mat")
-            trainval = self.read_data(
-                "cars_train", os.path.join(devkit, "cars_train_annos.mat"), meta
-            )
-            test = self.read_data("cars_test", test_anno, meta)
-            train, val = split_trainval(trainval)
-            save_split(train, val, test, self.split_path, self.dataset_dir)
-        self.finalize(cfg, train, val, test)
+    def build_split(self) -> tuple[list, list, list]:
+        devkit = os.path.join(self.dataset_dir, "devkit")
+        meta = require_file(os.path.join(devkit, "cars_meta.mat"), f"class-name file {WHY}")
+        test_anno = os.path.join(self.dataset_dir, "cars_test_annos_withlabels.mat")
+        if not os.path.isfile(test_anno) and os.path.isfile(
+            os.path.join(devkit, "cars_test_annos_withlabels.mat")
+        ):
+            test_anno = os.path.join(devkit, "cars_test_annos_withlabels.mat")
+        trainval = self.read_data("cars_train", os.path.join(devkit, "cars_train_annos.mat"), meta)
+        test = self.read_data("cars_test", test_anno, meta)
+        train, val = split_trainval(trainval)
+        return train, val, test
 
     def read_data(self, image_dir: str, anno_file: str, meta_file: str) -> list:
         """Label = class - 1; the class name is cars_meta's with its last word (the year) moved to

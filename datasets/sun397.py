@@ -3,10 +3,7 @@ import os
 from datasets.common import (
     CoOpDataset,
     make_datum,
-    read_split,
-    require_dir,
     require_file,
-    save_split,
     split_trainval,
 )
 from promptdiff.host import DATASET_REGISTRY
@@ -20,23 +17,16 @@ class SUN397(CoOpDataset):
     ClassName.txt, Training_01.txt (split 80/20 into train/val) and Testing_01.txt in sun397/."""
 
     dataset_dir = "sun397"
+    image_subdir = "SUN397"
 
-    def __init__(self, cfg):
-        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
-        self.image_dir = require_dir(os.path.join(self.dataset_dir, "SUN397"))
-        self.split_path = os.path.join(self.dataset_dir, "split_zhou_SUN397.json")
-        if os.path.exists(self.split_path):
-            train, val, test = read_split(self.split_path, self.image_dir)
-        else:
-            # lines "/a/abbey": the class is the path without its leading "/"
-            classnames = [line[1:] for line in self.read_lines("ClassName.txt")]
-            cname2lab = {c: i for i, c in enumerate(classnames)}
-            trainval = self.read_data(cname2lab, "Training_01.txt")
-            test = self.read_data(cname2lab, "Testing_01.txt")
-            train, val = split_trainval(trainval)
-            save_split(train, val, test, self.split_path, self.image_dir)
-        self.finalize(cfg, train, val, test)
+    def build_split(self) -> tuple[list, list, list]:
+        # lines "/a/abbey": the class is the path without its leading "/"
+        classnames = [line[1:] for line in self.read_lines("ClassName.txt")]
+        cname2lab = {c: i for i, c in enumerate(classnames)}
+        trainval = self.read_data(cname2lab, "Training_01.txt")
+        test = self.read_data(cname2lab, "Testing_01.txt")
+        train, val = split_trainval(trainval)
+        return train, val, test
 
     def read_lines(self, name: str) -> list[str]:
         path = require_file(os.path.join(self.dataset_dir, name), f"partition file {WHY}")

@@ -4,10 +4,7 @@ import re
 from datasets.common import (
     CoOpDataset,
     make_datum,
-    read_split,
-    require_dir,
     require_file,
-    save_split,
     split_trainval,
 )
 from promptdiff.host import DATASET_REGISTRY
@@ -28,24 +25,17 @@ class UCF101(CoOpDataset):
     80/20 into train/val) and testlist01.txt."""
 
     dataset_dir = "ucf101"
+    image_subdir = "UCF-101-midframes"
 
-    def __init__(self, cfg):
-        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
-        self.image_dir = require_dir(os.path.join(self.dataset_dir, "UCF-101-midframes"))
-        self.split_path = os.path.join(self.dataset_dir, "split_zhou_UCF101.json")
-        if os.path.exists(self.split_path):
-            train, val, test = read_split(self.split_path, self.image_dir)
-        else:
-            cname2lab = {}
-            for line in self.read_lines("classInd.txt"):  # "1 ApplyEyeMakeup", 1-based
-                label, action = line.split(" ")
-                cname2lab[action] = int(label) - 1
-            trainval = self.read_data(cname2lab, "trainlist01.txt")
-            test = self.read_data(cname2lab, "testlist01.txt")
-            train, val = split_trainval(trainval)
-            save_split(train, val, test, self.split_path, self.image_dir)
-        self.finalize(cfg, train, val, test)
+    def build_split(self) -> tuple[list, list, list]:
+        cname2lab = {}
+        for line in self.read_lines("classInd.txt"):  # "1 ApplyEyeMakeup", 1-based
+            label, action = line.split(" ")
+            cname2lab[action] = int(label) - 1
+        trainval = self.read_data(cname2lab, "trainlist01.txt")
+        test = self.read_data(cname2lab, "testlist01.txt")
+        train, val = split_trainval(trainval)
+        return train, val, test
 
     def read_lines(self, name: str) -> list[str]:
         path = os.path.join(self.dataset_dir, "ucfTrainTestlist", name)
