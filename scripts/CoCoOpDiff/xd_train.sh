@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# CoCoOpDiff, cross-dataset step 1: train on $XD_SOURCE (imagenet). Usage: xd_train.sh SEED
+TRAINER=CoCoOpDiff CFG_DIR=CoCoOpDiff DEFAULT_CFG=vit_b16_c4_ep10_batch1_ctxv1
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+pd_xd_train "$@"

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# MaPLeDiff, cross-dataset step 2: evaluate on a target dataset. Usage: xd_test.sh DATASET SEED
+TRAINER=MaPLeDiff CFG_DIR=MaPLeDiff DEFAULT_CFG=vit_b16_c2_ep5_batch4_2ctx_cross_datasets
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
+pd_xd_test "$@"
