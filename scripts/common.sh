@@ -10,7 +10,7 @@
 #   OUTPUT      output root (default ./output)
 #   CFG         trainer config name, overriding the script's default
 #   SHOTS       shots per class for base2new and xd (default 16; few_shot.sh takes it as argument)
-#   PYTHON      interpreter that runs train.py (default python)
+#   PYTHON      interpreter that runs train.py (default .venv/bin/python if present, else python)
 #   EXTRA_OPTS  KEY VALUE options appended last to every train.py call; split like a shell command
 #               line but never evaluated: quote values holding spaces, e.g.
 #               EXTRA_OPTS='MODEL.BACKBONE.PATH "/my weights/tiny.pt" INPUT.SIZE "(32, 32)"'
@@ -69,7 +69,10 @@ pd_setup() {
     DATA=${DATA:-./data}
     OUTPUT=${OUTPUT:-./output}
     SHOTS=${SHOTS:-16}
-    PYTHON=${PYTHON:-python}
+    if [[ -z ${PYTHON:-} ]]; then
+        # the project's own venv (tools/setup_env.sh) when it exists, as the README sets it up
+        if [[ -x $PD_REPO/.venv/bin/python ]]; then PYTHON=$PD_REPO/.venv/bin/python; else PYTHON=python; fi
+    fi
     XD_SOURCE=${XD_SOURCE:-imagenet}
     pd_check_int SHOTS "$SHOTS"
     [[ -d $DATA ]] || pd_die "dataset root DATA=$DATA does not exist; set DATA to the folder that holds the dataset folders (caltech-101/, imagenet/, ...)"
