@@ -1,0 +1,135 @@
+"""Deep vision prompting ("VPT" as configured in the MaPLe repository): learnable prompt tokens in
+CLIP's image encoder, a fixed hand-written text prompt.
+
+Prompts [depth, n, Dv] (initialised N(0, 0.02)): layer 0 is appended after the patch tokens, layer
+i in 1..depth-1 replaces the previous layer's prompt tokens before image block i (see
+promptdiff/backbone/encoders.py). The text side is "<CTX_INIT> <class>." ("a photo of a" when
+CTX_INIT is empty); since the text encoder is frozen and nothing textual is learned, its class
+features are computed once when the model is built.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptdiff.backbone.encoders import (
+    encode_image,
+    encode_text_tokens,
+    vision_layers,
+    vision_width,
+)
+from promptdiff.backbone.prompts import tokenize
+from promptdiff.host import TRAINER_REGISTRY, log
+from trainers.base import ClipPromptTrainer, logits_from_features
+from trainers.prompt_diffusion import PromptDiffusionMixin
+
+DEFAULT_TEMPLATE = "a photo of a"
+
+
+class VPTPromptLearner(nn.Module):
+    """The deep vision prompts [depth, n, Dv]."""
+
+    def __init__(self, opts, clip_model: nn.Module):
+        super().__init__()
+        depth, n_ctx = opts.PROMPT_DEPTH_VISION, opts.N_CTX_VISION
+        n_layers = vision_layers(clip_model)  # also rejects non-ViT backbones in one sentence
+        if not 1 <= depth <= n_layers:
+            raise ValueError(
+                f"TRAINER.VPT.PROMPT_DEPTH_VISION {depth} must lie in 1..{n_layers} (the "
+                f"backbone's vision layers)."
+            )
+        if n_ctx < 1:
+            raise ValueError(f"TRAINER.VPT.N_CTX_VISION must be >= 1 (got {n_ctx}).")
+        vectors = torch.empty(depth, n_ctx, vision_width(clip_model))
+        nn.init.normal_(vectors, std=0.02)
+        self.ctx = nn.Parameter(vectors)
+        log(f"Vision prompts: {n_ctx} tokens at each of {depth} layers")
+
+
+class VisionPromptedCLIP(nn.Module):
+    """Frozen CLIP with deep vision prompts and fixed class text features.
+
+    diffuse_layers (VPTDiff): the prompt diffusion generates the first k layers per image; the
+    remaining layers stay the learned shared prompts (0 = all layers).
+    """
+
+    def __init__(
+        self,
+        prompt_learner: VPTPromptLearner,
+        clip_model: nn.Module,
+        classnames: list[str],
+        template: str,
+        diffuse_layers: int = 0,
+    ):
+        super().__init__()
+        self.prompt_learner = prompt_learner
+        self.clip = clip_model
+        depth = prompt_learner.ctx.shape[0]
+        self.diffuse_layers = diffuse_layers or depth
+        texts = [f"{template} {name.replace('_', ' ')}." for name in classnames]
+        log(f'Text prompt: "{template} <class>."')
+        device = clip_model.token_embedding.weight.device
+        with torch.no_grad():
+            text = encode_text_tokens(clip_model, tokenize(texts).to(device))
+        # derived from the classes and the frozen CLIP: never part of a checkpoint
+        self.register_buffer("class_text_features", text, persistent=False)
+
+    def image_features(self, image: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+        return encode_image(self.clip, image, prompts)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        feats = self.image_features(image, self.prompt_learner.ctx)
+        return logits_from_features(self.clip, feats, self.class_text_features)
+
+    # ---- what prompt diffusion needs (see trainers/prompt_diffusion.py) ----
+    def condition(self, image: torch.Tensor) -> torch.Tensor:
+        """The prompt-free, L2-normalised image feature [B, E]."""
+        return F.normalize(self.image_features(image, None).float(), dim=-1)
+
+    def base_prompt(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The first diffuse_layers layers of the shared prompts, one copy per image: [B, k, n, Dv]."""
+        ctx = self.prompt_learner.ctx[: self.diffuse_layers]
+        return ctx.unsqueeze(0).expand(cond.shape[0], *ctx.shape)
+
+    def logits_for(
+        self, image: torch.Tensor, cond: torch.Tensor, prompts: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [B, C] of each image encoded with its own prompts [B, k, n, Dv] (+ shared rest)."""
+        rest = self.prompt_learner.ctx[self.diffuse_layers :]
+        if rest.shape[0]:
+            rest = rest.to(prompts.dtype).unsqueeze(0).expand(prompts.shape[0], *rest.shape)
+            prompts = torch.cat([prompts, rest], dim=1)
+        feats = self.image_features(image, prompts)
+        return logits_from_features(self.clip, feats, self.class_text_features)
+
+
+@TRAINER_REGISTRY.register()
+class VPT(ClipPromptTrainer):
+    """Deep vision prompting: TRAINER.VPT.{N_CTX_VISION, CTX_INIT, PREC, PROMPT_DEPTH_VISION}."""
+
+    CFG_KEY = "VPT"
+
+    def build_prompt_model(self, cfg, classnames, clip_model):
+        opts = cfg.TRAINER.VPT
+        learner = VPTPromptLearner(opts, clip_model)
+        template = opts.CTX_INIT.replace("_", " ").strip() or DEFAULT_TEMPLATE
+        return VisionPromptedCLIP(
+            learner, clip_model, classnames, template, cfg.TRAINER.PD.DIFFUSE_LAYERS
+        )
+
+
+@TRAINER_REGISTRY.register()
+class VPTDiff(PromptDiffusionMixin, VPT):
+    """VPT + prompt diffusion over the vision prompt stack [depth, n, Dv], or its first
+    TRAINER.PD.DIFFUSE_LAYERS layers when that key is > 0."""
+
+    def check_cfg(self, cfg) -> None:
+        super().check_cfg(cfg)
+        k, depth = cfg.TRAINER.PD.DIFFUSE_LAYERS, cfg.TRAINER.VPT.PROMPT_DEPTH_VISION
+        if not 0 <= k <= depth:
+            raise ValueError(
+                f"TRAINER.PD.DIFFUSE_LAYERS {k} must lie in 0..TRAINER.VPT.PROMPT_DEPTH_VISION "
+                f"({depth}); 0 diffuses all layers."
+            )
