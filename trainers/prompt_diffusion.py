@@ -145,6 +145,10 @@ class PromptDiffusionMixin:
                 summary = {"ce": ce.item(), "acc": accuracy(logits, label)}
         names = ["denoiser", "prompt_learner"] if pd.UPDATE_BASE else ["denoiser"]
         self.model_backward_and_update(loss, names)
+        if not pd.UPDATE_BASE:
+            # the CE through the generated prompt also reaches baseline tensors that stage 2 never
+            # steps (MaPLe's couplings, VPT's non-diffused layers); drop those gradients
+            self.model.prompt_learner.zero_grad(set_to_none=True)
         self.diffusion.update_ema()
         summary = {
             "loss": loss.item(),
