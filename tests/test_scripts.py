@@ -292,3 +292,19 @@ def test_run_all_loops_skip_finished_and_report_failures(setup, trained):
     assert proc.returncode == 1 and "CoOp/base2new_train.sh nosuch 1" in proc.stderr
     proc = run(setup, trained, "scripts/run_xd_all.sh", "NoTrainer")
     assert proc.returncode == 2 and "ZeroshotCLIP" in proc.stderr
+
+
+def test_table_tool_reads_the_scripts_outputs(setup, trained):
+    """Scripts -> results.json -> results_table: Base, New and HM as a hand computation gives."""
+    base = results(trained / "base2new/train_base/caltech101" / RUN)["accuracy"]
+    new = results(trained / "base2new/test_new/caltech101" / RUN)["accuracy"]
+    hm = 2 * base * new / (base + new) if base + new else 0.0
+    proc = subprocess.run(
+        [sys.executable, "tools/results_table.py", "--root", str(trained), "--protocol",
+         "base2new", "--shots", "2", "--trainers", "CoOp", "--format", "csv"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows = {line.split(",")[1]: line.split(",") for line in proc.stdout.splitlines()[1:]}
+    assert [float(x) for x in rows["caltech101"][2:5]] == pytest.approx(
+        [round(base, 2), round(new, 2), round(hm, 2)], abs=0.006
+    )
