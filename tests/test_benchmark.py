@@ -1,0 +1,136 @@
+"""tools/benchmark.py on a tiny CLIP: the right rows, sane numbers, S really taking effect.
+
+Structure only: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tools.benchmark import (
+    REFERENCE,
+    Options,
+    Probe,
+    Workspace,
+    available,
+    batch,
+    build,
+    main,
+    pd_keys,
+    plan,
+    run_benchmark,
+    table,
+    time_inference,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    opts = Options(
+        size="tiny",
+        classes=[3],
+        steps=[1, 10],
+        other_steps=[2],
+        images=2,
+        repeats=2,
+        trainers=["CoOp", REFERENCE, "CoOpDiff"],
+        train_k=[2],
+        train_images=2,
+        train_repeats=1,
+        workdir=str(tmp_path_factory.mktemp("bench")),
+        verbose=False,
+    )
+    rows, notes = run_benchmark(opts)
+    return opts, rows, notes
+
+
+def test_one_row_per_requested_trainer_classes_steps(tiny_run):
+    opts, rows, notes = tiny_run
+    keys = [r.key for r in rows]
+    assert keys == plan(opts)
+    assert sorted(keys, key=str) == sorted(
+        [
+            ("infer", "CoOp", 3, None, None),
+            ("infer", REFERENCE, 3, None, None),
+            ("infer", "CoOpDiff", 3, 1, None),
+            ("infer", "CoOpDiff", 3, 10, None),
+            ("train stage 1", "CoOp", 3, None, None),
+            ("train stage 2", "CoOpDiff", 3, None, 2),
+        ],
+        key=str,
+    )
+    assert notes == []
+    text = table(rows)
+    assert len(text.splitlines()) == 2 + len(rows)  # header, rule, one line per row
+
+
+def test_times_positive_finite_and_ratios_against_coop(tiny_run):
+    opts, rows, _ = tiny_run
+    for row in rows:
+        expected = opts.repeats if row.phase == "infer" else opts.train_repeats
+        assert len(row.samples) == expected
+        assert all(math.isfinite(t) and t > 0 for t in row.samples), row
+        assert math.isfinite(row.ms_per_image) and row.ms_per_image > 0
+        assert row.ratio is not None and math.isfinite(row.ratio) and row.ratio > 0
+        if row.trainer == "CoOp":
+            assert row.ratio == 1.0
+        if row.phase == "infer":
+            assert row.once_ms is not None and row.once_ms >= 0
+
+
+def test_sampler_share_and_denoiser_calls_scale_with_steps(tiny_run):
+    _, rows, _ = tiny_run
+    by_key = {r.key: r for r in rows}
+    diff = [r for r in rows if r.phase == "infer" and r.trainer == "CoOpDiff"]
+    assert len(diff) == 2
+    for row in diff:
+        assert 0.0 < row.sampler_share < 1.0
+    for row in rows:
+        if row not in diff:
+            assert row.sampler_share is None and row.denoiser_calls is None
+    s1 = by_key[("infer", "CoOpDiff", 3, 1, None)].denoiser_calls
+    s10 = by_key[("infer", "CoOpDiff", 3, 10, None)].denoiser_calls
+    assert s1 >= 1 and s10 == 10 * s1  # DDIM: one denoiser call per step for the whole batch
+
+
+def test_probe_and_cfg_override_leave_the_trainer_as_built(tmp_path):
+    opts = Options(size="tiny", verbose=False)
+    ws = Workspace(str(tmp_path), "tiny")
+    trainer = build("CoOpDiff", 2, ws, opts)
+    images, _ = batch(trainer, 3, "test")
+    steps = trainer.cfg.TRAINER.PD.STEPS
+    with pd_keys(trainer, STEPS=3):
+        assert trainer.cfg.TRAINER.PD.STEPS == 3
+        res = time_inference(trainer, images, repeats=1)
+    assert trainer.cfg.TRAINER.PD.STEPS == steps and trainer.cfg.is_frozen()
+    assert res["denoiser_calls"] == 3
+    # the probe removed its hooks and its wrapper of diffusion.sample
+    nets = [trainer.diffusion.denoiser, trainer.diffusion.ema]
+    assert all(not net._forward_hooks for net in nets if net is not None)
+    assert "sample" not in vars(trainer.diffusion)
+    with Probe(trainer) as probe, torch.no_grad():
+        trainer.model_inference(images)
+    assert probe.calls == steps and probe.sample_s > 0
+
+
+def test_unregistered_trainers_are_skipped_not_fatal():
+    ok, skipped = available(["CoOp", "NoSuchTrainer", REFERENCE])
+    assert ok == ["CoOp", REFERENCE] and skipped == ["NoSuchTrainer"]
+    opts = Options(size="tiny", classes=[2], trainers=["NoSuchTrainer", "CoOp"], train_k=[2])
+    assert [k[1] for k in plan(opts)] == ["CoOp", "CoOp"]
+
+
+def test_cli_writes_the_markdown_table(tmp_path, capsys):
+    out = tmp_path / "bench.md"
+    argv = ["--size", "tiny", "--classes", "2", "--trainers", "CoOp", "NoSuchTrainer",
+            "--images", "2", "--repeats", "1", "--train-classes", "--quiet",
+            "--workdir", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    written = out.read_text()
+    assert "| infer" in printed and "| CoOp" in written
+    assert "NoSuchTrainer: not registered" in written
+    assert sum(line.startswith("| infer") for line in written.splitlines()) == 1

@@ -1,0 +1,660 @@
+"""Time per image, side by side: inference and training of CoOp, the *Diff trainers and the rest.
+
+Every trainer is built in-process as train.py builds it (setup_cfg + the trainer registry) on a
+synthetic Caltech101-layout dataset with randomly initialised CLIP weights of the chosen size
+(nothing is downloaded; weights do not change the cost), in fp32 on CPU. Measured:
+
+- inference: `model_inference` on a batch of test images after `before_test("test")`, as the
+  trainer's test() runs it (its one-off cost is the "once/eval" column); the median of --repeats
+  calls, divided by the batch size; a warm-up call on the same batch (once per built trainer)
+  is excluded;
+- for *Diff trainers, the share of that time spent in `diffusion.sample` and the number of
+  denoiser forward calls per batch (S for DDIM);
+- "CoCoOp-style": CoOpDiff's `logits_for` with the shared context expanded per image, i.e. the
+  per-image text encoding of all classes without the sampler (the reference cost of any method
+  that gives each image its own prompt);
+- training: one `forward_backward` on a batch of --train-images images; stage 1 is the baseline's
+  step, stage 2 the *Diff trainer's (overfit with K = TRAINER.PD.OVERFIT_STEPS steps, then the
+  denoiser update); a warm-up step on the same batch (stage 2: with K = 0) is excluded.
+
+Ratios ("x CoOp") are relative to CoOp at the same number of classes (inference: CoOp's
+inference; training: CoOp's training step). Run from anywhere:
+
+    python tools/benchmark.py [--size vit_b16|tiny] [--classes 10 100] [--steps 1 5 10]
+                              [--images N] [--trainers ...] [--out results.md]
+
+Trainers whose module is missing (not in TRAINER_REGISTRY) are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+# CLIP sizes (keyword arguments of promptdiff.backbone.save_tiny_clip); "tiny" = its defaults
+SIZES = {
+    "vit_b16": {
+        "embed_dim": 512,
+        "image_resolution": 224,
+        "vision_layers": 12,
+        "vision_width": 768,
+        "patch_size": 16,
+        "text_width": 512,
+        "text_layers": 12,
+    },
+    "tiny": {},
+}
+
+# Trainer name -> its config file under configs/trainers (the upstream prompt shapes). Table order.
+# Adding a trainer to the benchmark is one line here; one that is not registered is skipped.
+TRAINER_CONFIGS = {
+    "CoOp": "CoOp/vit_b16_ep50_ctxv1",
+    "CoOpDiff": "CoOpDiff/vit_b16_ep50_ctxv1",
+    "CoCoOp": "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1",
+    "CoCoOpDiff": "CoCoOpDiff/vit_b16_c4_ep10_batch1_ctxv1",
+    "VPT": "VPT/vit_b16_c2_ep5_batch4_8ctx",
+    "VPTDiff": "VPTDiff/vit_b16_c2_ep5_batch4_8ctx",
+    "MaPLe": "MaPLe/vit_b16_c2_ep5_batch4_2ctx",
+    "MaPLeDiff": "MaPLeDiff/vit_b16_c2_ep5_batch4_2ctx",
+}
+# per-image text encoding of CoOp's prompt, timed on a CoOpDiff trainer without its sampler
+REFERENCE = "CoCoOp-style"
+REFERENCE_HOST = "CoOpDiff"
+SWEEP_TRAINER = "CoOpDiff"  # --steps applies to it; the other *Diff trainers use --other-steps
+DEFAULT_TRAINERS = ["CoOp", REFERENCE, *[n for n in TRAINER_CONFIGS if n != "CoOp"]]
+
+PHASES = ("infer", "train stage 1", "train stage 2")
+HEADERS = [
+    "phase",
+    "trainer",
+    "classes",
+    "S",
+    "K",
+    "ms/image",
+    "x CoOp",
+    "sampler %",
+    "denoiser calls/batch",
+    "once/eval ms",
+]
+
+
+@dataclass
+class Row:
+    """One measurement: ms per image (median over repeats) and what explains it."""
+
+    phase: str
+    trainer: str
+    classes: int
+    steps: int | None = None  # S, sampling steps (inference of *Diff trainers)
+    k: int | None = None  # K, overfit steps (training stage 2)
+    ms_per_image: float = float("nan")
+    ratio: float | None = None  # ms_per_image / CoOp's at the same phase kind and classes
+    sampler_share: float | None = None  # fraction of inference time in diffusion.sample
+    denoiser_calls: int | None = None  # denoiser forward calls per inference batch
+    once_ms: float | None = None  # before_test, once per evaluation (not per image)
+    samples: list[float] = field(default_factory=list)  # every timed call, ms per image
+
+    @property
+    def key(self) -> tuple:
+        return (self.phase, self.trainer, self.classes, self.steps, self.k)
+
+
+@dataclass
+class Options:
+    size: str = "vit_b16"
+    classes: list[int] = field(default_factory=lambda: [10, 100])
+    steps: list[int] = field(default_factory=lambda: [1, 5, 10])
+    other_steps: list[int] = field(default_factory=lambda: [5])
+    images: int = 4
+    repeats: int = 5
+    trainers: list[str] = field(default_factory=lambda: list(DEFAULT_TRAINERS))
+    train_classes: list[int] | None = None  # None: the smallest of `classes`
+    train_k: list[int] = field(default_factory=lambda: [10, 2])
+    train_images: int = 2
+    train_repeats: int = 3
+    text_chunk: int = 0
+    seed: int = 1
+    workdir: str = ""  # "" = a temporary folder, removed afterwards
+    verbose: bool = True
+
+
+# ---- what runs where -----------------------------------------------------------------------------
+def registry():
+    import datasets  # noqa: F401  (registers the datasets)
+    import trainers  # noqa: F401  (registers every trainer module that exists)
+    from promptdiff.host import TRAINER_REGISTRY
+
+    return TRAINER_REGISTRY
+
+
+def is_diff(name: str) -> bool:
+    from trainers.prompt_diffusion import PromptDiffusionMixin
+
+    return issubclass(registry().get(name), PromptDiffusionMixin)
+
+
+def baseline_of(name: str) -> str:
+    """The baseline a *Diff trainer mixes into (the class after the mixin in its bases)."""
+    from trainers.prompt_diffusion import PromptDiffusionMixin
+
+    cls = registry().get(name)
+    for base in cls.__mro__[1:]:
+        if base is not PromptDiffusionMixin and not issubclass(base, PromptDiffusionMixin):
+            return base.__name__
+    return name
+
+
+def available(names: list[str]) -> tuple[list[str], list[str]]:
+    """(names that can run, names skipped because their trainer is not registered)."""
+    reg = registry()
+    ok, skipped = [], []
+    for name in names:
+        needed = REFERENCE_HOST if name == REFERENCE else name
+        (ok if needed in reg else skipped).append(name)
+    return ok, skipped
+
+
+def steps_for(name: str, opts: Options) -> list[int | None]:
+    if name == REFERENCE or not is_diff(name):
+        return [None]
+    return list(opts.steps if name == SWEEP_TRAINER else opts.other_steps)
+
+
+def train_classes(opts: Options) -> list[int]:
+    return list(opts.train_classes) if opts.train_classes is not None else [min(opts.classes)]
+
+
+def plan(opts: Options) -> list[tuple]:
+    """Row keys (phase, trainer, classes, S, K) the options ask for, in table order."""
+    names, _ = available(list(dict.fromkeys(opts.trainers)))
+    keys = []
+    for n_cls in dict.fromkeys(opts.classes):
+        for name in names:
+            keys += [("infer", name, n_cls, s, None) for s in steps_for(name, opts)]
+    for n_cls in dict.fromkeys(train_classes(opts)):
+        stage1 = []
+        for name in names:
+            if name == REFERENCE:
+                continue
+            if not is_diff(name):
+                stage1.append(name)
+                continue
+            base = baseline_of(name)
+            if base not in names:  # stage 1 of a *Diff trainer is its baseline's step
+                stage1.append(base)
+            keys += [("train stage 2", name, n_cls, None, k) for k in opts.train_k]
+        keys += [("train stage 1", base, n_cls, None, None) for base in stage1]
+    return sorted(keys, key=_order)
+
+
+def _order(key: tuple) -> tuple:
+    phase, name, n_cls, s, k = key
+    names = [*DEFAULT_TRAINERS]
+    rank = names.index(name) if name in names else len(names)
+    return (PHASES.index(phase) > 0, n_cls, rank, PHASES.index(phase), s or 0, -(k or 0))
+
+
+# ---- workspace: weights and datasets -------------------------------------------------------------
+def class_names(n: int) -> list[str]:
+    """n distinct folder names of one to three words ("red circle", "red circle 2", ...)."""
+    colours = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white")
+    shapes = ("circle", "square", "triangle", "cross", "star", "ring")
+    base = [f"{c}_{s}" for s in shapes for c in colours]
+    return [
+        base[i % len(base)] + (f"_{i // len(base) + 1}" if i >= len(base) else "") for i in range(n)
+    ]
+
+
+def make_dataset(root: str, n_classes: int, per_class: int = 4, size: int = 32, seed: int = 0):
+    """A Caltech101-layout folder (root/caltech-101/101_ObjectCategories/<class>/*.png) of noise
+    images; 4 per class give the 50/20/30 split 2 train, 1 val, 1 test images per class."""
+    rng = np.random.default_rng(seed)
+    image_dir = os.path.join(root, "caltech-101", "101_ObjectCategories")
+    for name in class_names(n_classes):
+        folder = os.path.join(image_dir, name)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            path = os.path.join(folder, f"image_{i:04d}.png")
+            if not os.path.exists(path):
+                pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(path)
+    return root
+
+
+def clip_defaults() -> dict:
+    """save_tiny_clip's default sizes (those of promptdiff.backbone.tiny_clip)."""
+    import inspect
+
+    from promptdiff.backbone.loader import tiny_clip
+
+    params = inspect.signature(tiny_clip).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+class Workspace:
+    """Weights file and one dataset per class count under a folder."""
+
+    def __init__(self, folder: str, size: str, seed: int = 0):
+        from promptdiff.backbone import save_tiny_clip
+
+        self.folder = folder
+        self.size = size
+        name = f"clip_{size}_seed{seed}.pt"
+        self.weights = os.path.join(folder, name)
+        if not os.path.isfile(self.weights):
+            save_tiny_clip(self.weights, seed=seed, **SIZES[size])
+        dims = {**clip_defaults(), **SIZES[size]}
+        self.resolution = int(dims["image_resolution"])
+        self.layers = int(min(dims["vision_layers"], dims["text_layers"]))
+
+    def dataset(self, n_classes: int) -> str:
+        return make_dataset(os.path.join(self.folder, f"data_{n_classes}cls"), n_classes)
+
+
+def build(name: str, n_classes: int, ws: Workspace, opts: Options):
+    """A trainer built as train.py builds it (config files, CLI flags, KEY VALUE options)."""
+    from promptdiff.host import build_trainer, set_random_seed
+    from train import build_parser, setup_cfg
+
+    cls = registry().get(name)
+    argv = [
+        "--root", ws.dataset(n_classes),
+        "--seed", str(opts.seed),
+        "--trainer", name,
+        "--dataset-config-file", os.path.join(ROOT, "configs", "datasets", "caltech101.yaml"),
+        "--output-dir", os.path.join(ws.folder, "output", f"{name}_{n_classes}"),
+    ]  # fmt: skip
+    config = TRAINER_CONFIGS.get(name)
+    config_file = os.path.join(ROOT, "configs", "trainers", f"{config}.yaml") if config else ""
+    if config_file and os.path.isfile(config_file):
+        argv += ["--config-file", config_file]
+    r = ws.resolution
+    argv += [
+        "MODEL.BACKBONE.PATH", ws.weights,
+        f"TRAINER.{cls.CFG_KEY}.PREC", "fp32",
+        "USE_CUDA", "False",
+        "VERBOSE", "False",
+        "INPUT.SIZE", f"({r}, {r})",
+        "DATALOADER.NUM_WORKERS", "0",
+        # stage 1 = epoch 0, stage 2 = epoch 1; *Diff inference samples prompts
+        "OPTIM.MAX_EPOCH", "2",
+        "TRAINER.PD.STAGE1_EPOCHS", "1",
+        "TRAINER.PD.TEXT_CHUNK", str(opts.text_chunk),
+    ]  # fmt: skip
+    if ws.layers < 12:  # the upstream prompt depths (VPT 12, MaPLe 9) need a ViT-B-deep CLIP
+        depth = str(ws.layers)
+        argv += ["TRAINER.VPT.PROMPT_DEPTH_VISION", depth, "TRAINER.MAPLE.PROMPT_DEPTH", depth]
+    cfg = setup_cfg(build_parser().parse_args(argv))
+    set_random_seed(cfg.SEED)
+    return build_trainer(cfg)
+
+
+def batch(trainer, n: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images (cycling through the split) through the trainer's own transforms."""
+    dm = trainer.dm
+    items = dm.dataset.test if split == "test" else dm.dataset.train_x
+    tfm = dm.tfm_test if split == "test" else dm.tfm_train
+    chosen = [items[i % len(items)] for i in range(n)]
+    images = []
+    for item in chosen:
+        with Image.open(item.impath) as img:
+            images.append(tfm(img.convert("RGB")))
+    labels = torch.tensor([item.label for item in chosen])
+    return torch.stack(images).to(trainer.device), labels.to(trainer.device)
+
+
+# ---- timing --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def pd_keys(trainer, **keys):
+    """Set TRAINER.PD keys on a built trainer for a while. The mixin reads STEPS and OVERFIT_STEPS
+    at call time (the denoiser-call count in the table shows that S took effect)."""
+    cfg, pd = trainer.cfg, trainer.cfg.TRAINER.PD
+    old = {key: pd[key] for key in keys}
+    cfg.defrost()
+    pd.update(keys)
+    cfg.freeze()
+    try:
+        yield
+    finally:
+        cfg.defrost()
+        pd.update(old)
+        cfg.freeze()
+
+
+class Probe:
+    """Counts denoiser forward calls and times diffusion.sample on a *Diff trainer."""
+
+    def __init__(self, trainer):
+        self.diffusion = getattr(trainer, "diffusion", None)
+        self.calls = 0
+        self.sample_s = 0.0
+        self._hooks = []
+
+    def __enter__(self):
+        d = self.diffusion
+        if d is None:
+            return self
+        for net in (d.denoiser, d.ema):
+            if net is not None:
+                self._hooks.append(net.register_forward_hook(self._count))
+        original = d.sample
+
+        def timed_sample(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.sample_s += time.perf_counter() - start
+
+        d.sample = timed_sample  # instance attribute shadows the method
+        return self
+
+    def __exit__(self, *exc):
+        for hook in self._hooks:
+            hook.remove()
+        if self.diffusion is not None and "sample" in vars(self.diffusion):
+            del self.diffusion.sample
+
+    def _count(self, module, inputs, output):
+        self.calls += 1
+
+
+def reference_inference(trainer, image: torch.Tensor) -> torch.Tensor:
+    """CoCoOp-style: every class prompt encoded per image (the shared context, no sampler)."""
+    model = trainer.model
+    with trainer.autocast():
+        cond = model.condition(image)
+        return model.logits_for(image, cond, model.base_prompt(image, cond)).float()
+
+
+def time_inference(
+    trainer, images: torch.Tensor, repeats: int, reference: bool = False, warm_up: bool = True
+) -> dict:
+    infer = (lambda x: reference_inference(trainer, x)) if reference else trainer.model_inference
+    n = images.shape[0]
+    with torch.no_grad():
+        trainer.set_model_mode("eval")
+        start = time.perf_counter()
+        trainer.before_test("test")
+        once = time.perf_counter() - start
+        if warm_up:  # the same batch shape as the timed calls: first calls of a shape are slow
+            infer(images)
+        per_image, shares, calls = [], [], []
+        for _ in range(repeats):
+            with Probe(trainer) as probe:
+                start = time.perf_counter()
+                logits = infer(images)
+                elapsed = time.perf_counter() - start
+            if tuple(logits.shape) != (n, trainer.num_classes):
+                raise RuntimeError(f"logits of shape {tuple(logits.shape)} for {n} images")
+            per_image.append(1000.0 * elapsed / n)
+            shares.append(probe.sample_s / elapsed)
+            calls.append(probe.calls)
+    diff = probe.diffusion is not None and not reference
+    return {
+        "samples": per_image,
+        "once_ms": 1000.0 * once,
+        "sampler_share": statistics.median(shares) if diff else None,
+        "denoiser_calls": calls[-1] if diff else None,
+    }
+
+
+def time_training(trainer, images, labels, stage: int, k: int | None, repeats: int) -> list[float]:
+    """ms per image of forward_backward (stage 1: the baseline's step; stage 2 with K = k)."""
+    trainer.set_model_mode("train")
+    trainer.batch_idx, trainer.num_batches = 0, 2  # not the last batch: no LR step
+    diff = hasattr(trainer, "stage1_epochs")
+    trainer.epoch = trainer.stage1_epochs(trainer.cfg) if stage == 2 else 0
+    keys = {"OVERFIT_STEPS": k} if stage == 2 else {}
+    n = images.shape[0]
+    out = []
+    with pd_keys(trainer, **keys) if diff else contextlib.nullcontext():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            trainer.forward_backward({"img": images, "label": labels})
+            out.append(1000.0 * (time.perf_counter() - start) / n)
+    return out
+
+
+def warm_up_training(trainer, images, labels, stage: int) -> None:
+    """One step on the same batch (stage 2 with K = 0, which runs the same operations), excluded
+    from the timings."""
+    time_training(trainer, images, labels, stage, 0 if stage == 2 else None, 1)
+
+
+# ---- the run -------------------------------------------------------------------------------------
+def run_benchmark(opts: Options) -> tuple[list[Row], list[str]]:
+    """All rows of `plan(opts)`, measured; and notes (skipped trainers)."""
+    if opts.size not in SIZES:
+        raise ValueError(f"--size {opts.size!r} is unknown; use one of {', '.join(SIZES)}.")
+    names, skipped = available(list(dict.fromkeys(opts.trainers)))
+    notes = [f"{name}: not registered (its trainer module is missing), skipped" for name in skipped]
+    wanted = plan(opts)
+    rows: dict[tuple, Row] = {}
+    with contextlib.ExitStack() as stack:
+        folder = opts.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-"))
+        os.makedirs(folder, exist_ok=True)
+        ws = Workspace(folder, opts.size)
+        # one build per (trainer, classes): every S, K and the reference reuse it
+        builds: dict[tuple[str, int], list[tuple]] = {}
+        for key in wanted:
+            phase, name, n_cls, _, _ = key
+            host = name
+            if name == REFERENCE:
+                host = REFERENCE_HOST
+            elif phase == "train stage 1" and name not in names:
+                host = next(
+                    n for n in names if n != REFERENCE and is_diff(n) and baseline_of(n) == name
+                )
+            builds.setdefault((host, n_cls), []).append(key)
+        for (host, n_cls), keys in builds.items():
+            start = time.perf_counter()
+            trainer = build(host, n_cls, ws, opts)
+            _say(opts, f"built {host} for {n_cls} classes ({time.perf_counter() - start:.1f} s)")
+            test_images = None
+            warmed = set()
+            for key in keys:
+                phase, name, _, s, k = key
+                row = Row(phase, name, n_cls, s, k)
+                if phase == "infer":
+                    if test_images is None:
+                        test_images, _ = batch(trainer, opts.images, "test")
+                    reference = name == REFERENCE
+                    with pd_keys(trainer, STEPS=s) if s is not None else contextlib.nullcontext():
+                        res = time_inference(
+                            trainer,
+                            test_images,
+                            opts.repeats,
+                            reference=reference,
+                            warm_up=("infer", reference) not in warmed,
+                        )
+                    warmed.add(("infer", reference))
+                    row.samples = res["samples"]
+                    row.once_ms = res["once_ms"]
+                    row.sampler_share = res["sampler_share"]
+                    row.denoiser_calls = res["denoiser_calls"]
+                else:
+                    stage = 1 if phase == "train stage 1" else 2
+                    images, labels = batch(trainer, opts.train_images, "train")
+                    if ("train", stage) not in warmed:
+                        warm_up_training(trainer, images, labels, stage)
+                        warmed.add(("train", stage))
+                    row.samples = time_training(
+                        trainer, images, labels, stage, k, opts.train_repeats
+                    )
+                row.ms_per_image = statistics.median(row.samples)
+                rows[key] = row
+                _say(opts, f"  {_describe(row)}: {row.ms_per_image:.1f} ms/image")
+            del trainer
+            gc.collect()
+    out = [rows[key] for key in wanted]
+    add_ratios(out)
+    return out, notes
+
+
+def add_ratios(rows: list[Row]) -> None:
+    """x CoOp: inference vs CoOp's inference, training vs CoOp's training step, same classes."""
+    ref = {}
+    for row in rows:
+        if row.trainer == "CoOp":
+            ref[(row.phase == "infer", row.classes)] = row.ms_per_image
+    for row in rows:
+        base = ref.get((row.phase == "infer", row.classes))
+        row.ratio = row.ms_per_image / base if base else None
+
+
+def _describe(row: Row) -> str:
+    extra = f" S={row.steps}" if row.steps is not None else ""
+    extra += f" K={row.k}" if row.k is not None else ""
+    return f"{row.phase} {row.trainer} {row.classes} cls{extra}"
+
+
+def _say(opts: Options, msg: str) -> None:
+    if opts.verbose:
+        print(f"[benchmark] {msg}", file=sys.stderr, flush=True)
+
+
+# ---- output --------------------------------------------------------------------------------------
+def _fmt(value, spec: str) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else spec % value
+
+
+def table(rows: list[Row], fmt: str = "github") -> str:
+    body = [
+        [
+            r.phase,
+            r.trainer,
+            r.classes,
+            _fmt(r.steps, "%d"),
+            _fmt(r.k, "%d"),
+            f"{r.ms_per_image:.1f}",
+            _fmt(r.ratio, "%.2f"),
+            _fmt(None if r.sampler_share is None else 100 * r.sampler_share, "%.1f"),
+            _fmt(r.denoiser_calls, "%d"),
+            _fmt(r.once_ms, "%.0f"),
+        ]
+        for r in rows
+    ]
+    return tabulate(body, headers=HEADERS, tablefmt=fmt, disable_numparse=True)
+
+
+def machine() -> str:
+    load = ""
+    if hasattr(os, "getloadavg"):  # other processes on these cores distort every number: say so
+        load = f", load average {os.getloadavg()[0]:.2f} at the start"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), fp32 on CPU{load}"
+    )
+
+
+def describe_run(opts: Options, argv: list[str] | None) -> list[str]:
+    cmd = "python tools/benchmark.py" + ("".join(f" {a}" for a in argv) if argv else "")
+    return [
+        f"command: `{cmd}`",
+        f"machine: {machine()}",
+        f"CLIP: {opts.size} (random weights), inference batch {opts.images} images, median of "
+        f"{opts.repeats}; training batch {opts.train_images} images, median of "
+        f"{opts.train_repeats}",
+    ]
+
+
+def build_argparser() -> argparse.ArgumentParser:
+    d = Options()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=sorted(SIZES), default=d.size, help="CLIP size")
+    p.add_argument("--classes", type=int, nargs="+", default=d.classes)
+    p.add_argument("--steps", type=int, nargs="+", default=d.steps, help="S for CoOpDiff")
+    p.add_argument(
+        "--other-steps", type=int, nargs="+", default=d.other_steps, help="S for other *Diff"
+    )
+    p.add_argument("--images", type=int, default=d.images, help="inference batch size")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed inference calls")
+    p.add_argument(
+        "--trainers",
+        nargs="+",
+        default=d.trainers,
+        help=f"trainers (and {REFERENCE!r}); missing ones are skipped",
+    )
+    p.add_argument(
+        "--train-classes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="class counts to time training at (default: the smallest of --classes; none: skip)",
+    )
+    p.add_argument("--train-k", type=int, nargs="+", default=d.train_k, help="overfit steps K")
+    p.add_argument("--train-images", type=int, default=d.train_images, help="training batch size")
+    p.add_argument("--train-repeats", type=int, default=d.train_repeats)
+    p.add_argument(
+        "--text-chunk", type=int, default=d.text_chunk, help="TRAINER.PD.TEXT_CHUNK (0: none)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)"
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workdir", default="", help="keep weights and data here (default: temp)")
+    p.add_argument("--out", default="", help="also write the table as Markdown to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = build_argparser().parse_args(raw)
+    if min(args.images, args.repeats, args.train_images, args.train_repeats) < 1:
+        raise SystemExit("--images, --repeats, --train-images and --train-repeats must be >= 1")
+    opts = Options(
+        size=args.size,
+        classes=args.classes,
+        steps=args.steps,
+        other_steps=args.other_steps,
+        images=args.images,
+        repeats=args.repeats,
+        trainers=args.trainers,
+        train_classes=args.train_classes,
+        train_k=args.train_k,
+        train_images=args.train_images,
+        train_repeats=args.train_repeats,
+        text_chunk=args.text_chunk,
+        seed=args.seed,
+        workdir=args.workdir,
+        verbose=not args.quiet,
+    )
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    header = describe_run(opts, raw)
+    start = time.perf_counter()
+    rows, notes = run_benchmark(opts)
+    text = table(rows)
+    footer = [*notes, f"total benchmark time: {time.perf_counter() - start:.0f} s"]
+    print("\n".join(header))
+    print(text)
+    print("\n".join(footer))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(f"- {line}" for line in header) + "\n\n" + text + "\n\n")
+            f.write("\n".join(f"- {line}" for line in footer) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
