@@ -3,12 +3,20 @@ token embeddings (CoOp's construction, shared by CoOp, CoCoOp, MaPLe and their D
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from promptdiff.backbone.loader import _clip
 
 POSITIONS = ("end", "middle", "front")
+
+
+@functools.cache
+def bpe_tokenizer():
+    """CLIP's BPE tokenizer, built once (it reads a gzip vocabulary, ~60 ms per construction)."""
+    return _clip().simple_tokenizer.SimpleTokenizer()
 
 
 def tokenize(texts: list[str]) -> torch.Tensor:
@@ -56,9 +64,8 @@ class ClassPrompts(nn.Module):
             raise ValueError(
                 f"CLASS_TOKEN_POSITION {position!r} is unknown; use one of {', '.join(POSITIONS)}."
             )
-        clip = _clip()
         names = [name.replace("_", " ") for name in classnames]
-        name_lens = [len(clip.simple_tokenizer.SimpleTokenizer().encode(n)) for n in names]
+        name_lens = [len(bpe_tokenizer().encode(n)) for n in names]
         tokenized = tokenize([f"{prefix_text} {name}." for name in names])
         device = clip_model.token_embedding.weight.device
         with torch.no_grad():
