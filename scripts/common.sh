@@ -185,6 +185,19 @@ pd_launch() {
 
 # ---- entry points --------------------------------------------------------------------------
 
+# Evaluate the model trained in TRAIN_DIR into OUT (skipped when OUT has a result).
+# Usage: pd_eval_trained TRAIN_DIR OUT "SCRIPT ARGS to run first" DATASET SEED SUBSAMPLE
+pd_eval_trained() {
+    local train_dir=$1 out=$2 hint=$3 dataset=$4 seed=$5 subsample=$6
+    if [[ -f $out/results.json ]]; then
+        echo "Results are available in $out. Skip."
+        return 0
+    fi
+    pd_model_flags "$train_dir" "$hint"
+    pd_launch "$out" "$dataset" "$seed" --eval-only "${PD_MODEL_FLAGS[@]}" \
+        -- DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES "$subsample"
+}
+
 pd_base2new_train() {
     pd_usage 2 $# "DATASET SEED" "Train $TRAINER on the base classes of DATASET (${SHOTS:-16} shots)"
     pd_setup
@@ -201,16 +214,9 @@ pd_base2new_test() {
     local dataset=$1 seed=$2
     pd_check_dataset "$dataset"
     pd_check_int SEED "$seed"
-    local train_dir out
-    train_dir=$(pd_run_dir base2new/train_base "$dataset" "$SHOTS" "$seed")
-    out=$(pd_run_dir base2new/test_new "$dataset" "$SHOTS" "$seed")
-    if [[ -f $out/results.json ]]; then
-        echo "Results are available in $out. Skip."
-        return 0
-    fi
-    pd_model_flags "$train_dir" "$(pd_sibling base2new_train.sh) $dataset $seed"
-    pd_launch "$out" "$dataset" "$seed" --eval-only "${PD_MODEL_FLAGS[@]}" \
-        -- DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new
+    pd_eval_trained "$(pd_run_dir base2new/train_base "$dataset" "$SHOTS" "$seed")" \
+        "$(pd_run_dir base2new/test_new "$dataset" "$SHOTS" "$seed")" \
+        "$(pd_sibling base2new_train.sh) $dataset $seed" "$dataset" "$seed" new
 }
 
 pd_xd_train() {
@@ -229,16 +235,9 @@ pd_xd_test() {
     local dataset=$1 seed=$2
     pd_check_dataset "$dataset"
     pd_check_int SEED "$seed"
-    local train_dir out
-    train_dir=$(pd_run_dir xd/train "$XD_SOURCE" "$SHOTS" "$seed")
-    out=$(pd_run_dir xd/test "$dataset" "$SHOTS" "$seed")
-    if [[ -f $out/results.json ]]; then
-        echo "Results are available in $out. Skip."
-        return 0
-    fi
-    pd_model_flags "$train_dir" "$(pd_sibling xd_train.sh) $seed"
-    pd_launch "$out" "$dataset" "$seed" --eval-only "${PD_MODEL_FLAGS[@]}" \
-        -- DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES all
+    pd_eval_trained "$(pd_run_dir xd/train "$XD_SOURCE" "$SHOTS" "$seed")" \
+        "$(pd_run_dir xd/test "$dataset" "$SHOTS" "$seed")" \
+        "$(pd_sibling xd_train.sh) $seed" "$dataset" "$seed" all
 }
 
 pd_few_shot() {
