@@ -63,6 +63,7 @@ def extend_cfg(cfg: CN) -> CN:
     pd.DIFF_WEIGHT = 10.0
     pd.CE_WEIGHT = 1.0  # cross-entropy through the one-step generated prompt; 0 disables it
     pd.UPDATE_BASE = False  # keep training the baseline's prompt in stage 2
+    pd.BATCH_SIZE = 0  # stage-2 training batch size; 0 = DATALOADER.TRAIN_X.BATCH_SIZE
     # VPTDiff: diffuse only the first N prompt layers (0 = all)
     pd.DIFFUSE_LAYERS = 0
     # text encoder chunk (sequences per forward) for per-image class prompts; 0 = no chunking

@@ -187,3 +187,19 @@ def test_coopdiff_two_stages_and_exact_reload(shapes_root, tiny_weights, tmp_pat
             assert read_results(ev)["accuracy"] == trained["accuracy"]
         else:
             assert read_results(ev)["total"] == trained["total"]
+
+
+def test_stage2_batch_size_rebatches_only_stage_2(shapes_root, tiny_weights, tmp_path):
+    out = str(tmp_path / "bs")
+    opts = ("OPTIM.MAX_EPOCH", "2", "TRAINER.PD.STAGE1_EPOCHS", "1", "DATASET.NUM_SHOTS", "4",
+            "TRAINER.PD.WIDTH", "64", "TRAINER.PD.DEPTH", "1", "TRAINER.PD.HEADS", "2",
+            "TRAINER.PD.OVERFIT_STEPS", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "2",
+            "TRAINER.PD.BATCH_SIZE", "8")  # fmt: skip
+    cfg = "CoOpDiff/vit_b16_ep50_ctxv1"
+    assert cli(train_args(shapes_root, out, "CoOpDiff", cfg, tiny_weights, *opts)) == 0
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    # 6 classes x 4 shots = 24 training images: 12 batches of 2, then 3 batches of 8
+    assert set(re.findall(r"epoch \[1/2\] batch \[\d+/(\d+)\]", log)) == {"12"}
+    assert set(re.findall(r"epoch \[2/2\] batch \[\d+/(\d+)\]", log)) == {"3"}
+    assert "Stage 2 batch size: 8" in log

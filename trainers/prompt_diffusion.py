@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler
 
 from promptdiff.backbone.encoders import embed_dim
 from promptdiff.diffusion import PromptDiffusion, overfit_per_sample
@@ -38,6 +39,10 @@ class PromptDiffusionMixin:
                 raise ValueError(
                     f"TRAINER.PD.{key} {pd[key]!r} is unknown; use one of {', '.join(allowed)}."
                 )
+        if pd.BATCH_SIZE < 0:
+            raise ValueError(
+                f"TRAINER.PD.BATCH_SIZE must be >= 0 (got {pd.BATCH_SIZE}; 0 = as stage 1)."
+            )
         for key in ("STEPS", "NUM_SAMPLES"):
             if pd[key] < 1:
                 raise ValueError(f"TRAINER.PD.{key} must be >= 1 (got {pd[key]}).")
@@ -104,6 +109,26 @@ class PromptDiffusionMixin:
         super().before_epoch()
         if self.epoch == self.stage1_epochs(self.cfg) and self.epoch < self.max_epoch:
             log(f"Stage 2 (overfit, then diffuse) from epoch {self.epoch + 1}")
+        if self.in_stage2:
+            self.use_stage2_batch_size()
+
+    def use_stage2_batch_size(self) -> None:
+        """TRAINER.PD.BATCH_SIZE > 0 re-batches the training data for stage 2 (e.g. CoCoOp's
+        batch 1 would overfit and train the denoiser one image per step)."""
+        size = self.cfg.TRAINER.PD.BATCH_SIZE
+        loader = self.train_loader_x
+        if size <= 0 or loader.batch_size == size:
+            return
+        data = loader.dataset
+        self.train_loader_x = DataLoader(
+            data,
+            batch_size=size,
+            sampler=RandomSampler(data),
+            num_workers=loader.num_workers,
+            drop_last=len(data) >= size,
+            pin_memory=loader.pin_memory,
+        )
+        log(f"Stage 2 batch size: {size}")
 
     def forward_backward(self, batch) -> dict:
         if not self.in_stage2:
