@@ -115,12 +115,12 @@ def main(args) -> None:
     )
 
     cfg = setup_cfg(args)
-    if cfg.TRAINER.NAME not in TRAINER_REGISTRY:
+    if cfg.TRAINER.NAME not in TRAINER_REGISTRY.registered_names():
         raise KeyError(
             f"Unknown trainer {cfg.TRAINER.NAME!r} (--trainer); registered trainers: "
             f"{', '.join(TRAINER_REGISTRY.registered_names())}."
         )
-    if cfg.DATASET.NAME not in DATASET_REGISTRY:
+    if cfg.DATASET.NAME not in DATASET_REGISTRY.registered_names():
         raise KeyError(
             f"Unknown dataset {cfg.DATASET.NAME!r} (DATASET.NAME); registered datasets: "
             f"{', '.join(DATASET_REGISTRY.registered_names())}."
