@@ -1,6 +1,6 @@
 import os
 
-from datasets.common import CoOpDataset, make_datum, require_dir, require_file
+from datasets.common import CoOpDataset, dataset_folder, make_datum, require_dir, require_file
 from promptdiff.host import DATASET_REGISTRY
 
 
@@ -12,8 +12,7 @@ class FGVCAircraft(CoOpDataset):
     dataset_dir = "fgvc_aircraft"
 
     def __init__(self, cfg):
-        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
+        self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
         self.image_dir = require_dir(os.path.join(self.dataset_dir, "images"))
         variants = require_file(os.path.join(self.dataset_dir, "variants.txt"), "class-name file")
         with open(variants) as f:

@@ -2,6 +2,7 @@ import os
 
 from datasets.common import (
     CoOpDataset,
+    dataset_folder,
     listdir_nohidden,
     require_dir,
     require_file,
@@ -71,12 +72,11 @@ class ImageNetTestOnly(DatasetBase):
     image_subdir = ""
 
     def __init__(self, cfg):
-        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
+        self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
         self.image_dir = require_dir(
             os.path.join(self.dataset_dir, self.image_subdir), "image folder"
         )
-        text_file = find_classnames(root, self.dataset_dir)
+        text_file = find_classnames(os.path.dirname(self.dataset_dir), self.dataset_dir)
         data = self.read_data(read_classnames(text_file), text_file)
         if cfg.DATASET.NUM_SHOTS >= 1 or cfg.DATASET.SUBSAMPLE_CLASSES != "all":
             log(
@@ -97,8 +97,7 @@ class ImageNet(CoOpDataset):
     dataset_dir = "imagenet"
 
     def __init__(self, cfg):
-        root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
-        self.dataset_dir = require_dir(os.path.join(root, self.dataset_dir))
+        self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
         self.image_dir = require_dir(os.path.join(self.dataset_dir, "images"))
         train_dir = require_dir(os.path.join(self.image_dir, "train"), "image folder")
         text_file = require_file(
