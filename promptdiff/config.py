@@ -39,7 +39,9 @@ def extend_cfg(cfg: CN) -> CN:
     pd.STAGE1_EPOCHS = -1
     # per-sample overfitting
     pd.OVERFIT_STEPS = 10
-    pd.OVERFIT_LR = 1e-3  # adam moves each element by <= lr per step; prompt entries are ~1e-2
+    # step size, or auto: calibrated on the first stage-2 batch relative to the prompt's rms
+    # (adam moves each element by about lr per step, so a fixed lr means nothing across prompts)
+    pd.OVERFIT_LR = "auto"
     pd.OVERFIT_OPTIM = "adam"
     # what is diffused and how
     pd.TARGET = "residual"  # residual (p* - p) | absolute (p*)
@@ -51,6 +53,8 @@ def extend_cfg(cfg: CN) -> CN:
     pd.STEPS = 5
     pd.NUM_SAMPLES = 1  # M noise draws whose logits are averaged at test time
     pd.NOISE_SEED = 0
+    # sample (generated prompts) | base (the baseline's prompt alone) | mean (base + mean target)
+    pd.INFERENCE = "sample"
     # denoiser
     pd.DEPTH = 4
     pd.WIDTH = 256

@@ -193,6 +193,7 @@ def test_checkpoints_hold_only_prompt_and_denoiser_tensors(name, data, runs, tmp
             "ema",
             "stats",
             "ema_updates",
+            "overfit_lr",
         }
 
 

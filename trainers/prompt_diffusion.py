@@ -19,9 +19,59 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 
 from promptdiff.backbone.encoders import embed_dim
-from promptdiff.diffusion import PromptDiffusion, overfit_per_sample
+from promptdiff.diffusion import (
+    PromptDiffusion,
+    overfit_per_sample,
+    prompt_to_target,
+    target_to_prompt,
+)
 from promptdiff.host import log
 from trainers.base import accuracy
+
+INFERENCE_MODES = ("sample", "base", "mean")
+# OVERFIT_LR auto tries these multiples of the prompt's rms, smallest first, and keeps the first
+# that over-fits: per-sample accuracy >= CALIBRATION_ACC and a loss CALIBRATION_DROP lower
+OVERFIT_LR_FACTORS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+CALIBRATION_ACC = 95.0
+CALIBRATION_DROP = 0.5
+# below these, a stage-2 epoch warns that the targets are barely over-fitted
+WARN_ACC = 90.0
+WARN_DROP = 0.10
+
+
+class OverfitStats:
+    """What per-sample over-fitting did over one epoch: the logged figure and the weak-fit warning."""
+
+    def __init__(self):
+        self.n = 0
+        self.before = self.after = self.correct = self.residual_sq = self.prompt_sq = 0.0
+
+    def add(self, fit, acc: float, base: torch.Tensor) -> None:
+        b = fit.targets.shape[0]
+        self.n += b
+        self.before += fit.loss_before.float().sum().item()
+        self.after += fit.loss_after.float().sum().item()
+        self.correct += acc * b / 100
+        self.residual_sq += fit.targets.float().square().mean().item() * b
+        self.prompt_sq += base.float().square().mean().item() * b
+
+    def report(self, epoch: int, max_epoch: int) -> None:
+        before, after = self.before / self.n, self.after / self.n
+        drop = 1 - after / max(before, 1e-12)
+        acc = 100 * self.correct / self.n
+        ratio = (self.residual_sq / max(self.prompt_sq, 1e-24)) ** 0.5
+        log(
+            f"Over-fitting in epoch {epoch}/{max_epoch}: per-sample loss {before:.4f} -> "
+            f"{after:.4f} ({drop:.1%} lower), per-sample accuracy {acc:.1f}%, "
+            f"residual rms {ratio:.3f} x prompt rms"
+        )
+        if drop < WARN_DROP or acc < WARN_ACC:
+            log(
+                f"WARNING: stage-2 over-fitting is weak (loss {drop:.1%} lower, per-sample "
+                f"accuracy {acc:.1f}%; want >= {WARN_DROP:.0%} and >= {WARN_ACC:g}%): the "
+                "diffusion model learns little beyond the base prompt. Raise "
+                "TRAINER.PD.OVERFIT_STEPS or TRAINER.PD.OVERFIT_LR (or set OVERFIT_LR auto)."
+            )
 
 
 class PromptDiffusionMixin:
@@ -38,6 +88,20 @@ class PromptDiffusionMixin:
             if pd[key] not in allowed:
                 raise ValueError(
                     f"TRAINER.PD.{key} {pd[key]!r} is unknown; use one of {', '.join(allowed)}."
+                )
+        if pd.INFERENCE not in INFERENCE_MODES:
+            raise ValueError(
+                f"TRAINER.PD.INFERENCE {pd.INFERENCE!r} is unknown; use one of "
+                f"{', '.join(INFERENCE_MODES)}."
+            )
+        if str(pd.OVERFIT_LR) != "auto":
+            try:
+                ok = float(pd.OVERFIT_LR) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"TRAINER.PD.OVERFIT_LR {pd.OVERFIT_LR!r} must be a positive number or auto."
                 )
         if pd.BATCH_SIZE < 0:
             raise ValueError(
@@ -103,10 +167,12 @@ class PromptDiffusionMixin:
         self.diff_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.diff_optim, stage2)
         self.register_model("denoiser", self.diffusion, self.diff_optim, self.diff_sched)
         self.noise_generator = torch.Generator(device="cpu").manual_seed(pd.NOISE_SEED)
+        self.overfit_stats = OverfitStats()
 
     # ---- training -----------------------------------------------------------------------------
     def before_epoch(self) -> None:
         super().before_epoch()
+        self.overfit_stats = OverfitStats()
         if self.epoch == self.stage1_epochs(self.cfg) and self.epoch < self.max_epoch:
             log(f"Stage 2 (overfit, then diffuse) from epoch {self.epoch + 1}")
         if self.in_stage2:
@@ -142,28 +208,13 @@ class PromptDiffusionMixin:
             base = model.base_prompt(image, cond)
             if not pd.UPDATE_BASE:
                 base = base.detach()
-            fixed = base.detach()
-            last = {}
-
-            def per_sample_ce(delta: torch.Tensor) -> torch.Tensor:
-                logits = model.logits_for(image, cond, fixed + delta).float()
-                last["logits"] = logits
-                return F.cross_entropy(logits, label, reduction="none")
-
-            fit = overfit_per_sample(
-                per_sample_ce,
-                torch.zeros_like(fixed[0], dtype=torch.float32),
-                image.shape[0],
-                pd.OVERFIT_STEPS,
-                pd.OVERFIT_LR,
-                pd.OVERFIT_OPTIM,
-            )
-            target = fit.targets if pd.TARGET == "residual" else fixed.float() + fit.targets
+            fit, fit_acc = self.overfit(image, label, cond, base.detach())
+            target = prompt_to_target(base.detach().float() + fit.targets, base.detach(), pd.TARGET)
             diff_loss, x0_hat = self.diffusion.training_loss(target, cond)
             loss = pd.DIFF_WEIGHT * diff_loss
             summary = {}
             if pd.CE_WEIGHT > 0:
-                prompts = base + x0_hat if pd.TARGET == "residual" else x0_hat
+                prompts = target_to_prompt(x0_hat, base, pd.TARGET)
                 logits = model.logits_for(image, cond, prompts).float()
                 ce = F.cross_entropy(logits, label)
                 loss = loss + pd.CE_WEIGHT * ce
@@ -175,17 +226,80 @@ class PromptDiffusionMixin:
             # steps (MaPLe's couplings, VPT's non-diffused layers); drop those gradients
             self.model.prompt_learner.zero_grad(set_to_none=True)
         self.diffusion.update_ema()
-        summary = {
+        self.overfit_stats.add(fit, fit_acc, base.detach())
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr("denoiser")
+        return {
             "loss": loss.item(),
             "diff": diff_loss.item(),
             **summary,
             "of_before": fit.mean_before,
             "of_after": fit.mean_after,
-            "of_acc": accuracy(last["logits"], label),
+            "of_acc": fit_acc,
         }
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr("denoiser")
-        return summary
+
+    # ---- per-sample over-fitting ------------------------------------------------------------------
+    def overfit(self, image, label, cond, base) -> tuple:
+        """Over-fit one copy of the prompt to each image: (OverfitResult of residuals, accuracy %
+        of the over-fitted prompts on their own images)."""
+        pd = self.cfg.TRAINER.PD
+        last = {}
+
+        def per_sample_ce(delta: torch.Tensor) -> torch.Tensor:
+            logits = self.model.logits_for(image, cond, base + delta).float()
+            last["logits"] = logits
+            return F.cross_entropy(logits, label, reduction="none")
+
+        def run(lr: float):
+            zero = torch.zeros_like(base[0], dtype=torch.float32)
+            fit = overfit_per_sample(
+                per_sample_ce, zero, image.shape[0], pd.OVERFIT_STEPS, lr, pd.OVERFIT_OPTIM
+            )
+            return fit, accuracy(last["logits"], label)
+
+        return run(self.overfit_lr(run, base))
+
+    def overfit_lr(self, run, base: torch.Tensor) -> float:
+        """TRAINER.PD.OVERFIT_LR, or with `auto` the step size calibrated on the first stage-2
+        batch (kept in the denoiser's checkpoint, so a resumed run keeps it)."""
+        value = str(self.cfg.TRAINER.PD.OVERFIT_LR)
+        if value != "auto":
+            return float(value)
+        if self.diffusion.overfit_lr.item() > 0:
+            return self.diffusion.overfit_lr.item()
+        scale = base.float().square().mean().sqrt().item() or 1.0
+        log(
+            f"Calibrating the over-fitting step size (TRAINER.PD.OVERFIT_LR auto) on one batch of "
+            f"{base.shape[0]}: prompt rms {scale:.3e}, {self.cfg.TRAINER.PD.OVERFIT_STEPS} "
+            f"{self.cfg.TRAINER.PD.OVERFIT_OPTIM} steps"
+        )
+        tried = []
+        for factor in OVERFIT_LR_FACTORS:
+            lr = factor * scale
+            fit, acc = run(lr)
+            drop = 1 - fit.mean_after / max(fit.mean_before, 1e-12)
+            log(
+                f"  lr {lr:.3e} ({factor:g} x prompt rms): per-sample loss {fit.mean_before:.4f} "
+                f"-> {fit.mean_after:.4f} ({drop:.0%} lower), per-sample accuracy {acc:.1f}%"
+            )
+            tried.append((acc, drop, lr))
+            if acc >= CALIBRATION_ACC and drop >= CALIBRATION_DROP:
+                break
+        else:
+            log(
+                "WARNING: over-fitting calibration found no step size that reaches "
+                f"{CALIBRATION_ACC:g}% per-sample accuracy and a {CALIBRATION_DROP:.0%} lower "
+                "loss; using the best one tried. Raise TRAINER.PD.OVERFIT_STEPS."
+            )
+            lr = max(tried)[2]
+        log(f"Over-fitting step size: TRAINER.PD.OVERFIT_LR = {lr:.3e}")
+        self.diffusion.overfit_lr.fill_(lr)
+        return lr
+
+    def after_epoch(self) -> None:
+        if self.in_stage2 and self.overfit_stats.n:
+            self.overfit_stats.report(self.epoch + 1, self.max_epoch)
+        super().after_epoch()
 
     def get_current_lr(self, names=None) -> float:
         if names is None and self.in_stage2:
@@ -197,8 +311,13 @@ class PromptDiffusionMixin:
         """Inference samples prompts whenever the schedule has a stage 2."""
         return self.stage1_epochs(self.cfg) < self.cfg.OPTIM.MAX_EPOCH
 
+    def inference_mode(self) -> str:
+        """sample (generated prompts), base (the baseline's prompt alone) or mean (base plus the
+        mean target); `base` whenever the schedule has no stage 2."""
+        return self.cfg.TRAINER.PD.INFERENCE if self.uses_diffusion() else "base"
+
     def before_test(self, split: str) -> None:
-        if not self.uses_diffusion():
+        if self.inference_mode() == "base":
             super().before_test(split)
             return
         # the same noise for every evaluation, so results do not depend on what ran before
@@ -206,23 +325,26 @@ class PromptDiffusionMixin:
         self.noise_generator.manual_seed(self.cfg.TRAINER.PD.NOISE_SEED)
 
     def sample_prompts(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """One generated prompt [B, *S] per image."""
+        """One generated prompt [B, *S] per image (INFERENCE mean: base plus the mean target)."""
         pd = self.cfg.TRAINER.PD
-        x = self.diffusion.sample(
-            cond.float(), steps=pd.STEPS, sampler=pd.SAMPLER, generator=self.noise_generator
-        )
-        if pd.TARGET == "absolute":
-            return x
-        return self.model.base_prompt(image, cond) + x
+        if self.inference_mode() == "mean":
+            x = self.diffusion.stats.mean.expand(cond.shape[0], *self.diffusion.prompt_shape)
+        else:
+            x = self.diffusion.sample(
+                cond.float(), steps=pd.STEPS, sampler=pd.SAMPLER, generator=self.noise_generator
+            )
+        return target_to_prompt(x, self.model.base_prompt(image, cond), pd.TARGET)
 
     @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:
-        if not self.uses_diffusion():
+        mode = self.inference_mode()
+        if mode == "base":
             return super().model_inference(image)
+        n = self.cfg.TRAINER.PD.NUM_SAMPLES if mode == "sample" else 1
         with self.autocast():
             cond = self.model.condition(image)
             logits = 0.0
-            for _ in range(self.cfg.TRAINER.PD.NUM_SAMPLES):
+            for _ in range(n):
                 prompts = self.sample_prompts(image, cond)
                 logits = logits + self.model.logits_for(image, cond, prompts).float()
-        return logits / self.cfg.TRAINER.PD.NUM_SAMPLES
+        return logits / n

@@ -80,6 +80,8 @@ class PromptDiffusion(nn.Module):
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval() if use_ema else None
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.stats = RunningStandardizer(self.prompt_shape, stats_momentum, freeze_stats)
+        # the per-sample over-fitting step size once calibrated (0: not yet), saved with the rest
+        self.register_buffer("overfit_lr", torch.zeros((), dtype=torch.float64))
 
     def train(self, mode: bool = True) -> PromptDiffusion:
         super().train(mode)

@@ -143,6 +143,13 @@ def merge_opts(cfg: CN, opts: list) -> None:
             and opts[i + 1].lstrip("-").isdigit()
         ):
             opts[i + 1] = opts[i + 1] + ".0"
+        # a text key that also takes numbers (TRAINER.PD.OVERFIT_LR auto | 1e-3) keeps the text
+        elif isinstance(node, str) and isinstance(opts[i + 1], str):
+            try:
+                float(opts[i + 1])
+                opts[i + 1] = repr(opts[i + 1])
+            except ValueError:
+                pass
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError) as exc:
