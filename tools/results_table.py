@@ -68,6 +68,8 @@ class Selection:
     shots: list[int] | None = None
     seeds: set[int] | None = None
     metric: str = "accuracy"
+    # xd/dg: the dataset trained on (its xd/train folder is the Source column)
+    source: str = rio.XD_SOURCE
 
 
 @dataclass
@@ -300,13 +302,15 @@ def transfer_tables(root: Path | str, protocol: str, sel: Selection | None = Non
     source = {
         k: v
         for k, v in rio.discover(tree / "train", sel.seeds, _tree_checker("all", notes)).items()
-        if k[0] == rio.XD_SOURCE
+        if k[0] == sel.source
     }
     tests = rio.discover(tree / "test", sel.seeds, _tree_checker("all", notes))
+    # dg targets: ImageNet's variants, or the --datasets given (e.g. the miniworld's domains)
+    dg_targets = tuple(sel.datasets) if sel.datasets else rio.DG_TARGETS
     if protocol == "dg":
-        tests = {k: v for k, v in tests.items() if k[0] in rio.DG_TARGETS}
+        tests = {k: v for k, v in tests.items() if k[0] in dg_targets}
     else:
-        tests = {k: v for k, v in tests.items() if k[0] not in rio.DG_TARGETS + (rio.XD_SOURCE,)}
+        tests = {k: v for k, v in tests.items() if k[0] not in dg_targets + (sel.source,)}
     if not tests:
         raise rio.ResultsError(
             f"no {protocol} target results under {tree / 'test'} (expected <dataset>/shots_<K>/"
@@ -324,7 +328,7 @@ def transfer_tables(root: Path | str, protocol: str, sel: Selection | None = Non
         table_notes = list(notes)
         seed_stats: list[tuple[str, rio.Stat | None]] = []
         for label, trainer, cfg in columns:
-            src_key = (rio.XD_SOURCE, shots, trainer, cfg)
+            src_key = (sel.source, shots, trainer, cfg)
             src = source[src_key].stat(sel.metric) if src_key in source else None
             row: list[str | Value] = [label, _stat_value(src)]
             seed_stats.append((f"{label} source", src))
@@ -341,7 +345,7 @@ def transfer_tables(root: Path | str, protocol: str, sel: Selection | None = Non
                 table_notes.append(f"{label}: Average covers {len(got)} of {len(targets)} targets.")
             rows.append(row)
         table_notes += _seed_notes(seed_stats)
-        headers = ["Trainer", f"Source ({rio.XD_SOURCE})", *targets, "Average"]
+        headers = ["Trainer", f"Source ({sel.source})", *targets, "Average"]
         title = f"{PROTOCOL_TITLES[protocol]}, {_shots_text(shots)}, {sel.metric} (%)"
         tables.append(Table(title, shots, headers, rows, table_notes))
     return tables
@@ -504,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--datasets", type=rio.comma_list, help="e.g. caltech101,dtd (xd/dg: targets)"
     )
+    parser.add_argument(
+        "--source", default=rio.XD_SOURCE, help="xd/dg: the dataset trained on (default imagenet)"
+    )
     parser.add_argument("--shots", type=rio.int_list, help="shot counts, e.g. 16 or 1,2,4,8,16")
     parser.add_argument("--seeds", type=rio.int_list, help="only these seeds, e.g. 1,2,3")
     parser.add_argument("--metric", default="accuracy", help="accuracy (default), macro_f1, error")
@@ -522,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         shots=args.shots,
         seeds=set(args.seeds) if args.seeds else None,
         metric=args.metric,
+        source=args.source,
     )
     try:
         tables = build_tables(args.root, args.protocol, sel)
