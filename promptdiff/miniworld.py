@@ -1,0 +1,650 @@
+"""A procedural image-text world in which prompt learning and prompt diffusion can be measured.
+
+Classes are colour x shape combinations (8 x 5 = 40); size, count, position, rotation, background,
+clutter and noise vary within a class and are named in the pre-training captions, not in class
+names. Domains re-render the same classes the way ImageNet's variants re-render ImageNet: the
+source `photo`, an outline `sketch`, heavy `clutter` with occluders, a shifted `palette`, and a
+dark, noisy `night`. Everything is a deterministic function of (seed, domain, split, class, index),
+so the world, its split file and the CLIP pre-trained on it never depend on which experiment ran
+first.
+
+The on-disk layout (written by `write_world`, read by the MiniWorld datasets in datasets/):
+
+    ROOT/miniworld/images/<domain>/<class_folder>/<split>_<i>.png
+    ROOT/miniworld/split_zhou_MiniWorld.json              source domain: train / val / test
+    ROOT/miniworld/split_zhou_MiniWorld<Domain>.json      each shifted domain: test only
+    ROOT/miniworld/world.json                             recipe and hash of what was written
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (240, 135, 20),
+    "yellow": (235, 220, 40),
+    "green": (40, 190, 60),
+    "cyan": (40, 210, 215),
+    "blue": (40, 70, 225),
+    "purple": (150, 50, 205),
+    "pink": (245, 130, 190),
+}
+SHAPES = ("circle", "square", "triangle", "cross", "star")
+SOURCE = "photo"
+DOMAINS = ("photo", "sketch", "clutter", "palette", "night")
+SPLITS = ("train", "val", "test")
+DATASET_DIR = "miniworld"
+WORLD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """What defines a world on disk: change any field and it is a different world."""
+
+    seed: int = 0
+    size: int = 32
+    n_train: int = 40
+    n_val: int = 10
+    n_test: int = 30
+    domains: tuple[str, ...] = DOMAINS
+    colours: tuple[str, ...] = tuple(COLOURS)
+    shapes: tuple[str, ...] = SHAPES
+
+    def __post_init__(self):
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown or SOURCE not in self.domains:
+            raise ValueError(
+                f"World domains {list(self.domains)} must include {SOURCE!r} and come from {DOMAINS}."
+            )
+        if min(self.n_train, self.n_val, self.n_test) < 1 or self.size < 16:
+            raise ValueError("A world needs n_train, n_val, n_test >= 1 and size >= 16.")
+
+    def digest(self) -> str:
+        blob = json.dumps({"version": WORLD_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def classes(spec: WorldSpec | None = None) -> list[tuple[str, str]]:
+    """(colour, shape) per label. Base (first half) and new (second half) are a checkerboard of
+    the grid, so every colour and every shape occurs in both halves: new classes are new
+    combinations of attributes seen on base."""
+    spec = spec or WorldSpec()
+    grid = [(c, s, ci, si) for ci, c in enumerate(spec.colours) for si, s in enumerate(spec.shapes)]
+    base = [(c, s) for c, s, ci, si in grid if (ci + si) % 2 == 0]
+    new = [(c, s) for c, s, ci, si in grid if (ci + si) % 2 == 1]
+    return base + new
+
+
+def class_name(colour: str, shape: str) -> str:
+    return f"{colour} {shape}"
+
+
+def folder_name(colour: str, shape: str) -> str:
+    return f"{colour}_{shape}"
+
+
+def domain_dataset_name(domain: str) -> str:
+    """The registered dataset name of a domain: MiniWorld (source) or MiniWorld<Domain>."""
+    return "MiniWorld" if domain == SOURCE else f"MiniWorld{domain.capitalize()}"
+
+
+def _rng(*keys: int | str) -> np.random.Generator:
+    """An independent stream per (seed, domain, split, class, index)."""
+    digest = hashlib.sha256("/".join(map(str, keys)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+# ---- rendering -------------------------------------------------------------------------------
+SUPERSAMPLE = 4
+
+
+def _shape_points(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple]:
+    """Polygon vertices of a shape (circle handled separately), rotated by `angle`."""
+    if shape == "square":
+        pts = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
+        pts = [(x * 0.82, y * 0.82) for x, y in pts]
+    elif shape == "triangle":
+        pts = [
+            (math.cos(a), math.sin(a))
+            for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
+        ]
+        pts = [(x * 1.08, y * 1.08 + 0.12) for x, y in pts]
+    elif shape == "cross":
+        w = 0.34
+        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w),
+               (-1, w), (-1, -w), (-w, -w)]  # fmt: skip
+    elif shape == "star":
+        pts = []
+        for k in range(10):
+            a = -math.pi / 2 + k * math.pi / 5
+            rad = 1.0 if k % 2 == 0 else 0.42
+            pts.append((rad * math.cos(a), rad * math.sin(a)))
+    else:
+        raise ValueError(f"Unknown shape {shape!r}; the world has {SHAPES}.")
+    ca, sa = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * ca - y * sa), cy + r * (x * sa + y * ca)) for x, y in pts]
+
+
+def _draw_shape(draw, shape, cx, cy, r, angle, fill, outline=None, width=0):
+    if shape == "circle":
+        box = (cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9)
+        draw.ellipse(box, fill=fill, outline=outline, width=width)
+    else:
+        pts = _shape_points(shape, cx, cy, r, angle)
+        if fill is not None:
+            draw.polygon(pts, fill=fill)
+        if outline is not None:
+            draw.line([*pts, pts[0]], fill=outline, width=width, joint="curve")
+
+
+def _jitter(rgb, rng, amount=22):
+    return tuple(int(np.clip(v + rng.integers(-amount, amount + 1), 0, 255)) for v in rgb)
+
+
+def _shift_palette(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The `palette` domain's colour transform: washed-out pastel with a slight hue turn."""
+    hue, light, sat = colorsys.rgb_to_hls(*(v / 255 for v in rgb))
+    hue = (hue + 0.035) % 1.0
+    light = 0.55 + 0.35 * light
+    sat = 0.45 * sat
+    return tuple(int(round(v * 255)) for v in colorsys.hls_to_rgb(hue, light, sat))
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The nuisance attributes of one rendered image (named in its caption)."""
+
+    colour: str
+    shape: str
+    domain: str
+    count: int
+    size: str  # "small" | "large"
+
+
+def sample_scene(colour: str, shape: str, domain: str, rng: np.random.Generator) -> Scene:
+    return Scene(
+        colour, shape, domain, int(rng.choice([1, 1, 2])), str(rng.choice(["small", "large"]))
+    )
+
+
+def render(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
+    """Draw one image of `scene` (size x size RGB), deterministic given rng."""
+    S = size * SUPERSAMPLE
+    domain = scene.domain
+    if domain == "sketch":
+        bg = np.full((S, S, 3), rng.integers(215, 250), dtype=np.float32)
+    elif domain == "palette":
+        base = np.array(_shift_palette(tuple(int(v) for v in rng.integers(20, 110, size=3))))
+        bg = np.ones((S, S, 3), dtype=np.float32) * base * 0.8
+    else:
+        base = rng.integers(0, 80, size=3).astype(np.float32)
+        ramp = np.linspace(0, 1, S, dtype=np.float32)
+        gx, gy = rng.uniform(-40, 40, size=2)
+        bg = base + gx * ramp[None, :, None] + gy * ramp[:, None, None]
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+
+    def distractor(n: int, scale: float):
+        for _ in range(n):
+            c = tuple(int(v) for v in rng.integers(60, 200, size=3))
+            x, y = rng.uniform(0, S, size=2)
+            rr = S * scale * rng.uniform(0.5, 1.0)
+            if rng.random() < 0.5:
+                draw.ellipse((x - rr / 3, y - rr / 3, x + rr / 3, y + rr / 3), fill=c)
+            else:
+                x2, y2 = x + rng.uniform(-rr, rr), y + rng.uniform(-rr, rr)
+                draw.line((x, y, x2, y2), fill=c, width=max(1, int(S * 0.02)))
+
+    if domain in ("photo", "night", "palette"):
+        distractor(int(rng.integers(0, 3)), 0.12)
+    if domain == "clutter":
+        distractor(int(rng.integers(6, 10)), 0.22)
+
+    count = scene.count
+    lo, hi = (0.17, 0.23) if scene.size == "small" else (0.26, 0.33)
+    if count == 2:
+        lo, hi = lo * 0.8, hi * 0.8
+    colour = COLOURS[scene.colour]
+    placed = []
+    for _ in range(count):
+        r = S * rng.uniform(lo, hi)
+        for _try in range(20):
+            cx, cy = rng.uniform(r, S - r, size=2)
+            if all(math.hypot(cx - px, cy - py) > r + pr for px, py, pr in placed):
+                break
+        placed.append((cx, cy, r))
+        angle = rng.uniform(0, 2 * math.pi)
+        fill = _jitter(colour, rng)
+        if domain == "palette":
+            fill = _shift_palette(fill)
+        if domain == "sketch":
+            width = max(2, int(S * rng.uniform(0.035, 0.05)))
+            _draw_shape(draw, scene.shape, cx, cy, r, angle, None, outline=fill, width=width)
+        else:
+            _draw_shape(draw, scene.shape, cx, cy, r, angle, fill)
+
+    if domain == "clutter":
+        # occluders in background colours, crossing the objects
+        for _ in range(int(rng.integers(2, 4))):
+            c = tuple(int(v) for v in rng.integers(0, 90, size=3))
+            x, y = rng.uniform(0, S, size=2)
+            a = rng.uniform(0, math.pi)
+            dx, dy = math.cos(a) * S, math.sin(a) * S
+            draw.line(
+                (x - dx, y - dy, x + dx, y + dy), fill=c, width=int(S * rng.uniform(0.05, 0.09))
+            )
+        distractor(int(rng.integers(3, 6)), 0.15)
+
+    img = img.resize((size, size), Image.BILINEAR if domain != "sketch" else Image.LANCZOS)
+    arr = np.asarray(img).astype(np.float32)
+    if domain == "night":
+        arr = arr * rng.uniform(0.35, 0.5) + rng.normal(0, 16, size=arr.shape)
+    elif domain in ("clutter", "photo"):
+        arr = arr + rng.normal(0, 12, size=arr.shape)
+    else:
+        arr = arr + rng.normal(0, 8, size=arr.shape)
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    if domain == "night":
+        img = img.filter(ImageFilter.GaussianBlur(0.6))
+    return img
+
+
+def render_example(
+    spec: WorldSpec, label: int, domain: str, split: str, index: int
+) -> tuple[Image.Image, Scene]:
+    """The world's image number `index` of class `label` in (domain, split)."""
+    colour, shape = classes(spec)[label]
+    rng = _rng(spec.seed, domain, split, colour, shape, index)
+    scene = sample_scene(colour, shape, domain, rng)
+    return render(scene, spec.size, rng), scene
+
+
+# ---- captions --------------------------------------------------------------------------------
+COUNT_WORDS = {1: "one", 2: "two"}
+DOMAIN_WORDS = {
+    "photo": ["a photo of", "a picture of", "an image of"],
+    "sketch": ["a sketch of", "a drawing of", "an outline drawing of"],
+    "clutter": ["a cluttered photo of", "a messy picture of", "a busy photo of"],
+    "palette": ["a pastel painting of", "a faded picture of", "a washed-out photo of"],
+    "night": ["a dark photo of", "a night photo of", "a dim picture of"],
+}
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A pre-training caption: the scene's attributes in one of several templates. Some captions
+    name only the colour or only the shape, as web captions leave things out."""
+    noun = scene.shape if scene.count == 1 else scene.shape + "s"
+    what = rng.choice(["full", "full", "full", "full", "colour", "shape"])
+    article = "a" if scene.count == 1 else COUNT_WORDS[scene.count]
+    size = f"{scene.size} " if rng.random() < 0.5 else ""
+    if what == "colour":
+        thing = (
+            f"{article} {size}{scene.colour} thing"
+            if scene.count == 1
+            else f"two {scene.colour} things"
+        )
+    elif what == "shape":
+        thing = f"{article} {size}{noun}"
+    else:
+        thing = f"{article} {size}{scene.colour} {noun}"
+    prefix = rng.choice(DOMAIN_WORDS[scene.domain]) if rng.random() < 0.7 else ""
+    template = rng.integers(0, 3)
+    if template == 0 and prefix:
+        return f"{prefix} {thing}."
+    if template == 1:
+        return f"{thing}."
+    return f"there is {thing} in this picture."
+
+
+# ---- on disk ---------------------------------------------------------------------------------
+def _split_sizes(spec: WorldSpec, domain: str) -> dict[str, int]:
+    if domain == SOURCE:
+        return {"train": spec.n_train, "val": spec.n_val, "test": spec.n_test}
+    return {"test": spec.n_test}
+
+
+def write_world(root: str, spec: WorldSpec | None = None, progress: bool = True) -> str:
+    """Write the world under root/miniworld (skipped when world.json says it is already there);
+    returns root/miniworld."""
+    from promptdiff.engine.utils import write_json
+
+    spec = spec or WorldSpec()
+    folder = os.path.join(root, DATASET_DIR)
+    stamp = os.path.join(folder, "world.json")
+    if os.path.isfile(stamp):
+        with open(stamp) as f:
+            if json.load(f).get("digest") == spec.digest():
+                return folder
+    names = classes(spec)
+    jobs = [
+        (domain, split, label, i)
+        for domain in spec.domains
+        for split, n in _split_sizes(spec, domain).items()
+        for label in range(len(names))
+        for i in range(n)
+    ]
+    splits: dict[str, dict[str, list]] = {d: {s: [] for s in SPLITS} for d in spec.domains}
+    bar = _progress(jobs, "rendering the miniature world", progress)
+    for domain, split, label, i in bar:
+        colour, shape = names[label]
+        rel = f"{domain}/{folder_name(colour, shape)}/{split}_{i:03d}.png"
+        path = os.path.join(folder, "images", rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        img, _ = render_example(spec, label, domain, split, i)
+        img.save(path)
+        splits[domain][split].append([rel, label, class_name(colour, shape)])
+    for domain, split_lists in splits.items():
+        name = domain_dataset_name(domain)
+        write_json(split_lists, os.path.join(folder, f"split_zhou_{name}.json"))
+    write_json({"digest": spec.digest(), "spec": asdict(spec), "classes": names}, stamp)
+    return folder
+
+
+def _progress(items: Iterable, desc: str, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, leave=False, mininterval=1.0)
+
+
+# ---- a tiny CLIP pre-trained on the world ----------------------------------------------------
+@dataclass(frozen=True)
+class ClipRecipe:
+    """Architecture and contrastive pre-training of the world's CLIP (its hash names the cache)."""
+
+    seed: int = 0
+    embed_dim: int = 64
+    vision_layers: int = 4
+    vision_width: int = 128
+    patch_size: int = 8
+    text_width: int = 64
+    text_layers: int = 3
+    steps: int = 600
+    batch: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    pool_per_class: int = 150
+    # share of each domain in the pre-training images: mostly photos, a little of the rest, as a
+    # web crawl holds some sketches and paintings; it sets how much the shifted domains lose
+    domain_mix: tuple[tuple[str, float], ...] = (
+        ("photo", 0.72),
+        ("sketch", 0.07),
+        ("clutter", 0.07),
+        ("palette", 0.07),
+        ("night", 0.07),
+    )
+
+    def digest(self, spec: WorldSpec) -> str:
+        blob = json.dumps(
+            {"version": WORLD_VERSION, "recipe": asdict(self), "world": spec.digest()},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_clip(recipe: ClipRecipe, size: int):
+    """The CLIP package's own model class at the recipe's widths (fp32, random init)."""
+    from promptdiff.backbone import tiny_clip
+
+    return tiny_clip(
+        seed=recipe.seed,
+        embed_dim=recipe.embed_dim,
+        image_resolution=size,
+        vision_layers=recipe.vision_layers,
+        vision_width=recipe.vision_width,
+        patch_size=recipe.patch_size,
+        text_width=recipe.text_width,
+        text_layers=recipe.text_layers,
+    )
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def to_tensor(images: list[Image.Image]):
+    """CLIP-normalised [N, 3, H, W] float tensor of PIL images (the test transform at native size)."""
+    import torch
+
+    pixels = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def pretraining_pool(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True):
+    """Images (as a normalised tensor) and scenes the CLIP is pre-trained on: their own random
+    streams, disjoint from every train/val/test image of the world."""
+    names = classes(spec)
+    domains = [d for d, _ in recipe.domain_mix if d in spec.domains]
+    weights = np.array([w for d, w in recipe.domain_mix if d in spec.domains])
+    weights = weights / weights.sum()
+    images, scenes = [], []
+    jobs = [(label, i) for label in range(len(names)) for i in range(recipe.pool_per_class)]
+    for label, i in _progress(jobs, "rendering pre-training images", progress):
+        colour, shape = names[label]
+        rng = _rng(spec.seed, "pretrain", recipe.seed, colour, shape, i)
+        domain = domains[int(rng.choice(len(domains), p=weights))]
+        scene = sample_scene(colour, shape, domain, rng)
+        images.append(render(scene, spec.size, rng))
+        scenes.append(scene)
+    return to_tensor(images), scenes
+
+
+def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True):
+    """Train the world's CLIP with CLIP's symmetric contrastive loss on (image, caption) pairs."""
+    import torch
+    import torch.nn.functional as F
+
+    from promptdiff.backbone.encoders import encode_image, encode_text_tokens
+    from promptdiff.backbone.prompts import tokenize
+
+    pixels, scenes = pretraining_pool(spec, recipe, progress)
+    model = build_clip(recipe, spec.size)
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    optim = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": rest, "weight_decay": 0},
+        ],
+        lr=recipe.lr,
+    )
+
+    def lr_at(step: int) -> float:
+        if step < recipe.warmup:
+            return (step + 1) / recipe.warmup
+        t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lr_at)
+    token_cache: dict[str, torch.Tensor] = {}
+    model.train()
+    bar = _progress(range(recipe.steps), "pre-training the world's CLIP", progress)
+    for _ in bar:
+        idx = rng.choice(len(scenes), size=recipe.batch, replace=False)
+        texts = [caption(scenes[i], rng) for i in idx]
+        missing = [t for t in set(texts) if t not in token_cache]
+        if missing:
+            for t, tok in zip(missing, tokenize(missing)):
+                token_cache[t] = tok
+        tokens = torch.stack([token_cache[t] for t in texts])
+        img = F.normalize(encode_image(model, pixels[torch.as_tensor(idx)]), dim=-1)
+        txt = F.normalize(encode_text_tokens(model, tokens), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.t()
+        target = torch.arange(len(idx))
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return model.eval()
+
+
+CACHE_DIR = os.path.expanduser("~/.cache/promptdiff")
+
+
+def cached_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True) -> str:
+    """Path of the world's CLIP weights under ~/.cache/promptdiff, pre-training them once."""
+    from promptdiff.engine.utils import torch_save_atomic
+
+    path = os.path.join(CACHE_DIR, f"miniworld_clip-{recipe.digest(spec)}.pt")
+    if not os.path.isfile(path):
+        model = pretrain_clip(spec, recipe, progress)
+        torch_save_atomic(model.state_dict(), path)
+    return path
+
+
+# ---- world checks ----------------------------------------------------------------------------
+ZS_TEMPLATE = "a photo of a {}."
+
+
+def load_split_images(folder: str, domain: str, split: str):
+    """(pixels [N, 3, H, W], labels [N]) of one split of one domain, read from disk."""
+    import torch
+
+    with open(os.path.join(folder, f"split_zhou_{domain_dataset_name(domain)}.json")) as f:
+        items = json.load(f)[split]
+    images = [Image.open(os.path.join(folder, "images", rel)).convert("RGB") for rel, _, _ in items]
+    return to_tensor(images), torch.tensor([label for _, label, _ in items])
+
+
+def image_features(model, pixels, batch: int = 500):
+    """L2-normalised frozen image features [N, E]."""
+    import torch
+    import torch.nn.functional as F
+
+    from promptdiff.backbone.encoders import encode_image
+
+    with torch.no_grad():
+        feats = [encode_image(model, pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+    return F.normalize(torch.cat(feats).float(), dim=-1)
+
+
+def text_features(model, texts: list[str]):
+    import torch
+    import torch.nn.functional as F
+
+    from promptdiff.backbone.encoders import encode_text_tokens
+    from promptdiff.backbone.prompts import tokenize
+
+    with torch.no_grad():
+        return F.normalize(encode_text_tokens(model, tokenize(texts)).float(), dim=-1)
+
+
+def zero_shot_accuracy(model, feats, labels, names: list[str]) -> float:
+    """Zero-shot top-1 (%) of image features against `names` in the ZeroshotCLIP template."""
+    text = text_features(model, [ZS_TEMPLATE.format(n) for n in names])
+    return (feats @ text.t()).argmax(1).eq(labels).float().mean().item() * 100
+
+
+def linear_probe(train_x, train_y, test_x, test_y, epochs: int = 300, seed: int = 0) -> float:
+    """Accuracy (%) of a multinomial logistic regression on frozen features (full-batch Adam)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    n_cls = int(train_y.max()) + 1
+    w = torch.zeros(train_x.shape[1], n_cls, requires_grad=True)
+    b = torch.zeros(n_cls, requires_grad=True)
+    optim = torch.optim.Adam([w, b], lr=0.05)
+    for _ in range(epochs):
+        loss = F.cross_entropy(train_x @ w * 10 + b, train_y) + 1e-4 * w.square().sum()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    with torch.no_grad():
+        return (test_x @ w * 10 + b).argmax(1).eq(test_y).float().mean().item() * 100
+
+
+@dataclass
+class Check:
+    name: str
+    value: float
+    low: float | None
+    high: float | None
+    unit: str = "%"
+
+    @property
+    def ok(self) -> bool:
+        return (self.low is None or self.value >= self.low) and (
+            self.high is None or self.value <= self.high
+        )
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            want = f"in [{self.low:g}, {self.high:g}]"
+        elif self.low is not None:
+            want = f">= {self.low:g}"
+        else:
+            want = f"<= {self.high:g}"
+        value = f"{self.value:.3f}" if self.unit == "" else f"{self.value:.1f}{self.unit}"
+        return f"{'PASS' if self.ok else 'FAIL'}  {self.name:<46} {value:>8}   (want {want})"
+
+
+def world_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
+    """Every figure of the world checks that needs only the CLIP (the CoOp figure is separate)."""
+    import torch
+
+    names = [class_name(c, s) for c, s in classes(spec)]
+    half = math.ceil(len(names) / 2)
+    text = text_features(model, [ZS_TEMPLATE.format(n) for n in names])
+    cos = text @ text.t()
+    cos.fill_diagonal_(-1)
+    checks = [
+        Check("max text cosine between two classes' prompts", cos.max().item(), None, 0.95, "")
+    ]
+    train_x, train_y = load_split_images(folder, SOURCE, "train")
+    test_x, test_y = load_split_images(folder, SOURCE, "test")
+    f_train, f_test = image_features(model, train_x), image_features(model, test_x)
+    checks.append(
+        Check(
+            "linear probe on frozen image features",
+            linear_probe(f_train, train_y, f_test, test_y),
+            90,
+            None,
+        )
+    )
+    for part, lo, hi in (("base", 0, half), ("new", half, len(names))):
+        mask = (test_y >= lo) & (test_y < hi)
+        acc = zero_shot_accuracy(model, f_test[mask], test_y[mask] - lo, names[lo:hi])
+        checks.append(
+            Check(f"zero-shot accuracy, {part} half ({int(mask.sum())} images)", acc, 45, 80)
+        )
+    source = zero_shot_accuracy(model, f_test, test_y, names)
+    checks.append(Check(f"zero-shot accuracy, {SOURCE}, all classes", source, None, None))
+    for domain in spec.domains:
+        if domain == SOURCE:
+            continue
+        x, y = load_split_images(folder, domain, "test")
+        acc = zero_shot_accuracy(model, image_features(model, x), y, names)
+        checks.append(
+            Check(
+                f"zero-shot drop, {domain} vs {SOURCE} (at {acc:.1f}%)",
+                source - acc,
+                10,
+                30,
+                " pts",
+            )
+        )
+    del torch
+    return checks
