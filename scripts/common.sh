@@ -83,7 +83,7 @@ pd_setup() {
     PD_CFG=${CFG:-$DEFAULT_CFG}
     local cfg_dir="$PD_REPO/configs/trainers/$CFG_DIR"
     PD_CFG_FILE="$cfg_dir/$PD_CFG.yaml"
-    if [[ ! $PD_CFG =~ ^[A-Za-z0-9_.-]+$ || ! -f $PD_CFG_FILE ]]; then
+    if [[ ! $PD_CFG =~ ^[A-Za-z0-9_.+-]+$ || ! -f $PD_CFG_FILE ]]; then
         pd_die "no trainer config $PD_CFG_FILE (CFG=$PD_CFG; available: $(pd_list_yaml "$cfg_dir"))"
     fi
 

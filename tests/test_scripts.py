@@ -38,6 +38,8 @@ TRAINERS = {
         "vit_b16_c2_ep5_batch4_2ctx",
         "vit_b16_c2_ep5_batch4_2ctx_cross_datasets",
     ),
+    "IVLP": ("IVLP", "vit_b16_c2_ep5_batch4_2+2ctx", "vit_b16_c2_ep5_batch4_2+2ctx"),
+    "IVLPDiff": ("IVLPDiff", "vit_b16_c2_ep5_batch4_2+2ctx", "vit_b16_c2_ep5_batch4_2+2ctx"),
 }
 ALL_SCRIPTS = sorted(str(p.relative_to(REPO)) for p in SCRIPTS.glob("*/*.sh")) + [
     "scripts/run_base2new_all.sh",
