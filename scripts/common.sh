@@ -16,6 +16,7 @@
 #               EXTRA_OPTS='MODEL.BACKBONE.PATH "/my weights/tiny.pt" INPUT.SIZE "(32, 32)"'
 #   XD_SOURCE   dataset the xd scripts train on and load from (default imagenet)
 #   DRY_RUN     1: print the train.py command instead of running it (all checks still apply)
+#   QUIET       1: pass --quiet to train.py (one summary line per run; log.txt stays complete)
 
 set -euo pipefail
 
@@ -164,6 +165,9 @@ pd_launch() {
     if [[ -f $out/results.json ]]; then
         echo "Results are available in $out. Skip."
         return 0
+    fi
+    if [[ ${QUIET:-0} == 1 ]]; then
+        flags+=(--quiet)
     fi
     local cmd=("$PYTHON" "$PD_REPO/train.py"
         --root "$DATA" --seed "$seed" --trainer "$TRAINER"

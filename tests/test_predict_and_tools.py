@@ -272,3 +272,104 @@ def test_every_trainer_config_merges_onto_the_defaults():
     assert loaded["VPT/vit_b16_c2_ep5_batch4_4"] == loaded["VPT/vit_b16_c2_ep5_batch4_8ctx"]
     ivlp = loaded["IVLP/vit_b16_c2_ep5_batch4_2+2ctx"].TRAINER.IVLP
     assert (ivlp.N_CTX_TEXT, ivlp.N_CTX_VISION, ivlp.PROMPT_DEPTH_TEXT) == (2, 2, 12)
+
+
+# ---- item 9: paper outputs ----------------------------------------------------------------------
+def _b2n(root: Path):
+    from test_results_tools import base2new_tree
+
+    from tools import plot_base2new, results_table
+
+    base2new_tree(root)
+    [res] = results_table.base2new_results(root)
+    return res, plot_base2new
+
+
+def test_results_table_latex(tmp_path, capsys):
+    import numpy as np
+    from test_results_tools import base2new_tree
+
+    from tools import results_table
+
+    base2new_tree(tmp_path)
+    tex = results_table.render(results_table.build_tables(tmp_path, "base2new"), "latex", True)
+    lines = tex.splitlines()
+    sd = np.std([80, 82, 84])  # seeds of CoOp's caltech101 Base (New: 70, 72, 74, same std)
+    hm = 2 * 82 * 72 / (82 + 72)
+    row = next(line for line in lines if line.startswith("caltech101 &"))
+    assert row.startswith(
+        f"caltech101 & 82.00 $\\pm$ {sd:.2f} & 72.00 $\\pm$ {sd:.2f} & {hm:.2f} & 92.00"
+    )
+    assert row.endswith(" \\\\")
+    assert (
+        lines[lines.index(next(x for x in lines if x.startswith("Average &"))) - 1] == "\\midrule"
+    )
+    assert "\\begin{tabular}{lrrrrrr}" in lines and "(\\%)}" in tex  # '%' escaped in the caption
+    assert results_table.latex_escape("oxford_pets & 50%") == "oxford\\_pets \\& 50\\%"
+    assert results_table.main(["--root", str(tmp_path), "--protocol", "base2new", "--format",
+                               "latex"]) == 0  # fmt: skip
+    assert capsys.readouterr().out == results_table.render(
+        results_table.build_tables(tmp_path, "base2new"), "latex"
+    )
+
+
+def test_plot_base2new_error_bars_labels_axes_and_dpi(tmp_path):
+    import numpy as np
+    from PIL import Image as PILImage
+
+    res, plot = _b2n(tmp_path)
+    panels = plot.panel_values(res)
+    errors = plot.panel_errors(res)
+    figs = {y: plot.draw_panels(res, panels, errors, "accuracy", ylim=y) for y in plot.YLIMS}
+    axes = {y: [a for a in f.axes if a.get_visible()] for y, f in figs.items()}
+    from matplotlib.container import BarContainer
+
+    def bars(ax) -> list:
+        return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+    cal = axes["shared"][0]
+    assert cal.get_title() == "caltech101"
+    base_bars = bars(cal)[0]  # Base bars: CoOp, CoOpDiff
+    segments = base_bars.errorbar.lines[2][0].get_segments()
+    half = [abs(s[1][1] - s[0][1]) / 2 for s in segments]
+    assert half == pytest.approx([np.std([80, 82, 84]), np.std([90, 92, 94])])
+    assert [t.get_text() for t in cal.texts][:2] == ["82.0", "92.0"]  # a value on each bar
+    assert base_bars.patches[0].get_height() == pytest.approx(82)
+    # the Average panel and HM bars carry no error bars
+    assert all(c.errorbar is None for c in bars(axes["shared"][-1]))
+    assert bars(cal)[2].errorbar is None
+    limits = {y: [a.get_ylim() for a in axes[y]] for y in axes}
+    assert len(set(limits["shared"])) == 1  # one range for every panel ...
+    assert len(set(limits["auto"])) > 1  # ... unlike each panel's own
+    assert set(limits["zero"]) == {(0.0, 100.0)}
+    for fig in figs.values():
+        plot.plt.close(fig)
+
+    out = tmp_path / "b2n.png"
+    assert plot.plot_base2new(tmp_path, out) == 3
+    width, height = PILImage.open(out).size
+    assert (width, height) == (round(3 * 3.2 * 300), round(3.0 * 300))  # 3 panels at 300 dpi
+
+
+def test_plot_few_shot_curves(tmp_path, capsys):
+    from test_results_tools import cfg_dir, fill_seeds
+
+    from tools import plot_few_shot
+
+    for shots, values in ((1, [50.0, 54.0]), (4, [60.0, 60.0]), (16, [80.0, 82.0])):
+        fill_seeds(cfg_dir(tmp_path, "few_shot", "dtd", "CoOp", shots=shots), values)
+        fill_seeds(
+            cfg_dir(tmp_path, "few_shot", "eurosat", "CoOp", shots=shots), [v + 10 for v in values]
+        )
+    fill_seeds(cfg_dir(tmp_path, "few_shot", "dtd", "CoOpDiff", shots=16), [90.0])
+    curves = plot_few_shot.few_shot_curves(tmp_path)
+    assert curves["dtd"]["CoOp"] == [(1, 52.0, 2.0), (4, 60.0, 0.0), (16, 81.0, 1.0)]
+    assert curves["dtd"]["CoOpDiff"] == [(16, 90.0, 0.0)]
+    assert [p[:2] for p in curves["Average"]["CoOp"]] == [(1, 57.0), (4, 65.0), (16, 86.0)]
+
+    out = tmp_path / "fs.png"
+    assert plot_few_shot.main(["--root", str(tmp_path), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(3 panels)" in capsys.readouterr().err  # dtd, eurosat, Average
+    assert plot_few_shot.main(["--root", str(tmp_path / "none"), "--out", str(out)]) == 1
+    assert str(tmp_path / "none") in _one_error(capsys)

@@ -160,6 +160,12 @@ def _dry_argv(setup, tmp_path, **env) -> list[str]:
     return shlex.split(ok(proc).splitlines()[0])
 
 
+def test_quiet_passes_quiet_to_train_py(setup, tmp_path):
+    assert "--quiet" not in _dry_argv(setup, tmp_path)
+    argv = _dry_argv(setup, tmp_path, QUIET="1")
+    assert argv.index("--quiet") < argv.index("DATASET.NUM_SHOTS")  # a flag, before the options
+
+
 def test_extra_opts_keep_spaces_and_parentheses_and_come_last(setup, tmp_path):
     argv = _dry_argv(setup, tmp_path)
     assert argv[-16:-12] == ["MODEL.BACKBONE.PATH", setup["weights"], "TRAINER.COOP.PREC", "fp32"]
