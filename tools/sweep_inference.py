@@ -1,8 +1,8 @@
 """Evaluate one trained *Diff run over several TRAINER.PD.STEPS / SAMPLER values, without
 retraining, and print accuracy against steps.
 
-    python tools/sweep_inference.py --model-dir output/.../CoOpDiff/.../seed1 --steps 1 2 5 10 \\
-        --samplers ddim euler --subsample new --csv sweep.csv
+    python tools/sweep_inference.py --model-dir output/.../CoOpDiff/.../seed1 --steps 1,2,5,10 \\
+        --samplers ddim,euler --csv sweep.csv DATASET.SUBSAMPLE_CLASSES new
 
 The run's config.yaml (written by train.py) gives everything else; trailing KEY VALUE options
 change it (e.g. DATASET.ROOT /data, DATASET.SUBSAMPLE_CLASSES new). The model and the data are
@@ -20,6 +20,11 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+if __package__:
+    from . import results_io as rio
+else:  # run as `python tools/sweep_inference.py`: this file's folder is on sys.path
+    import results_io as rio
 
 
 def sweep(
@@ -96,8 +101,12 @@ def render_csv(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, help="a trained *Diff run folder")
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 5, 10, 20])
-    parser.add_argument("--samplers", nargs="+", help="default: the run's TRAINER.PD.SAMPLER")
+    parser.add_argument(
+        "--steps", type=rio.int_list, default=[1, 2, 5, 10, 20], help="comma list, e.g. 1,2,5,10"
+    )
+    parser.add_argument(
+        "--samplers", type=rio.comma_list, help="e.g. ddim,euler (default: the run's SAMPLER)"
+    )
     parser.add_argument("--load-epoch", type=int, default=None, help="default: the last saved")
     parser.add_argument("--csv", default="", help="also write the records to this CSV file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config changes")
