@@ -193,14 +193,12 @@ def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.host:
         os.environ["PROMPTDIFF_HOST"] = args.host
+    from promptdiff.engine.utils import USER_ERRORS, report_error
+
     try:
         main(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
-        if os.environ.get("PROMPTDIFF_DEBUG"):
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as exc:
+        return report_error(exc)
     return 0
 
 

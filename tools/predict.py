@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from promptdiff.engine.utils import USER_ERRORS, report_error
+
     args = build_parser().parse_args(argv)
     try:
         if args.topk < 1:
@@ -113,12 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write(args.output, lambda f: f.write(text))
         else:
             sys.stdout.write(text)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        if os.environ.get("PROMPTDIFF_DEBUG"):
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as exc:
+        return report_error(exc)
     return 0
 
 

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from promptdiff.engine.utils import USER_ERRORS, report_error
+
     args = build_parser().parse_args(argv)
     try:
         rows = sweep(args.model_dir, args.steps, args.samplers, args.opts, args.load_epoch)
@@ -122,12 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
             text = render_csv(rows)
             atomic_write(args.csv, lambda f: f.write(text))
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as exc:
-        if os.environ.get("PROMPTDIFF_DEBUG"):
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as exc:
+        return report_error(exc)
     sys.stdout.write(render(rows))
     return 0
 

@@ -94,6 +94,20 @@ def progress(iterable, desc: str = "", total: int | None = None):
     return tqdm(iterable, desc=desc, total=total, file=sys.stderr, disable=disable, leave=False)
 
 
+# what a command line reports as one `error:` line (bad input), not as a traceback
+USER_ERRORS = (KeyError, ValueError, FileNotFoundError, RuntimeError, ImportError)
+
+
+def report_error(exc: BaseException) -> int:
+    """Print exc as one `error:` line on stderr and return exit code 1; PROMPTDIFF_DEBUG=1
+    re-raises it for the traceback."""
+    if os.environ.get("PROMPTDIFF_DEBUG"):
+        raise exc
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    print(f"error: {msg}", file=sys.stderr)
+    return 1
+
+
 def collect_env_info() -> str:
     """A short description of the software stack, logged at start-up."""
     import torchvision
