@@ -454,7 +454,7 @@ def test_vpt_text_features_are_fixed_and_computed_once(data, tmp_path, monkeypat
 
 
 # ---- precision ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["CoCoOp", "VPT", "MaPLe"])
+@pytest.mark.parametrize("name", ["CoCoOp", "VPT", "MaPLe", "IVLP"])
 def test_fp16_clip_trains_fp32_prompts(name):
     """What PREC fp16 does on a GPU, done on the CPU: half CLIP, fp32 master prompt tensors, for
     the baseline forward and for the Diff trainers' per-image path."""
@@ -462,6 +462,7 @@ def test_fp16_clip_trains_fp32_prompts(name):
 
     from promptdiff.backbone import cast_for_precision, tiny_clip
     from trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
+    from trainers.ivlp import IVLPPromptLearner
     from trainers.maple import MaPLePromptLearner, MultiModalPromptedCLIP
     from trainers.vpt import VisionPromptedCLIP, VPTPromptLearner
 
@@ -475,9 +476,13 @@ def test_fp16_clip_trains_fp32_prompts(name):
     elif name == "VPT":
         opts = CN({"N_CTX_VISION": 4, "PROMPT_DEPTH_VISION": 2})
         model = VisionPromptedCLIP(VPTPromptLearner(opts, clip_model), clip_model, classes, "a")
-    else:
+    elif name == "MaPLe":
         opts = CN({"N_CTX": 2, "CTX_INIT": "a photo of a", "PROMPT_DEPTH": 2})
         model = MultiModalPromptedCLIP(MaPLePromptLearner(opts, classes, clip_model), clip_model)
+    else:
+        opts = CN({"N_CTX_TEXT": 2, "N_CTX_VISION": 2, "CTX_INIT": "a photo of a",
+                   "PROMPT_DEPTH_TEXT": 2, "PROMPT_DEPTH_VISION": 2})  # fmt: skip
+        model = MultiModalPromptedCLIP(IVLPPromptLearner(opts, classes, clip_model), clip_model)
     learner = model.prompt_learner.float()
     image, label = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     cond = model.condition(image)
