@@ -7,6 +7,7 @@ KEY VALUE options. Set PROMPTDIFF_DEBUG=1 to see tracebacks instead of one-line 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -48,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Dassl API provider: the built-in engine (default) or an installed Dassl "
         "(same as PROMPTDIFF_HOST)",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print no config dump and no progress bars, only warnings and one summary line "
+        "(log.txt stays complete)",
     )
     parser.add_argument(
         "opts",
@@ -106,6 +113,7 @@ def main(args) -> None:
     import trainers  # noqa: F401  (registers the trainers)
     from promptdiff.host import (
         DATASET_REGISTRY,
+        HOST,
         TRAINER_REGISTRY,
         build_trainer,
         collect_env_info,
@@ -125,41 +133,72 @@ def main(args) -> None:
             f"Unknown dataset {cfg.DATASET.NAME!r} (DATASET.NAME); registered datasets: "
             f"{', '.join(DATASET_REGISTRY.registered_names())}."
         )
-    setup_logger(cfg.OUTPUT_DIR)
+    if args.quiet and HOST == "builtin":
+        setup_logger(cfg.OUTPUT_DIR, quiet=True)
+    else:  # Dassl tees stdout into log.txt, so under it --quiet only drops the config dump
+        setup_logger(cfg.OUTPUT_DIR)
     if cfg.SEED >= 0:
         log(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
-    log("***************\n** Arguments **\n***************")
-    for key in sorted(vars(args)):
-        log(f"{key}: {vars(args)[key]}")
-    log("************\n** Config **\n************")
-    log(str(cfg))
-    log("Collecting env info ...")
-    log(f"** System info **\n{collect_env_info()}\n")
+    if not (args.quiet and HOST == "dassl"):
+        log("***************\n** Arguments **\n***************")
+        for key in sorted(vars(args)):
+            log(f"{key}: {vars(args)[key]}")
+        log("************\n** Config **\n************")
+        log(str(cfg))
+        log("Collecting env info ...")
+        log(f"** System info **\n{collect_env_info()}\n")
 
+    results = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    before = os.path.getmtime(results) if os.path.isfile(results) else None
     trainer = build_trainer(cfg)
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
-        return
-    if not args.no_train:
+    elif not args.no_train:
+        if cfg.OUTPUT_DIR:
+            write_run_config(cfg)
         trainer.train()
+    if args.quiet:
+        print(run_summary(cfg, args, before), flush=True)
+
+
+def write_run_config(cfg) -> None:
+    """OUTPUT_DIR/config.yaml: the merged config of a training run (promptdiff.load reads it)."""
+    from promptdiff.engine.utils import atomic_write
+
+    atomic_write(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), lambda f: f.write(cfg.dump()))
+
+
+def run_summary(cfg, args, results_mtime: float | None) -> str:
+    """The one line --quiet prints per run: what ran, its accuracy, where it went."""
+    what = "eval" if args.eval_only else "train"
+    head = (
+        f"{cfg.TRAINER.NAME} {cfg.DATASET.NAME} {cfg.DATASET.SUBSAMPLE_CLASSES} "
+        f"shots {cfg.DATASET.NUM_SHOTS} seed {cfg.SEED} {what}"
+    )
+    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    result = "no test result"
+    # a results.json this run did not rewrite belongs to an earlier run
+    if os.path.isfile(path) and os.path.getmtime(path) != results_mtime:
+        with open(path) as f:
+            res = json.load(f)
+        result = f"{res['split']} accuracy {res['accuracy']:.2f}% ({res['correct']}/{res['total']})"
+    return f"{head}: {result} -> {cfg.OUTPUT_DIR or '.'}"
 
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.host:
         os.environ["PROMPTDIFF_HOST"] = args.host
+    from promptdiff.engine.utils import USER_ERRORS, report_error
+
     try:
         main(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
-        if os.environ.get("PROMPTDIFF_DEBUG"):
-            raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {msg}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as exc:
+        return report_error(exc)
     return 0
 
 

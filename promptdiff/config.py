@@ -31,6 +31,14 @@ def extend_cfg(cfg: CN) -> CN:
     cfg.TRAINER.MAPLE.PREC = "fp16"
     cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9
 
+    cfg.TRAINER.IVLP = CN()
+    cfg.TRAINER.IVLP.N_CTX_VISION = 2
+    cfg.TRAINER.IVLP.N_CTX_TEXT = 2
+    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"
+    cfg.TRAINER.IVLP.PREC = "fp16"
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9  # 0: no vision prompts (language-only IVLP)
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9
+
     cfg.TRAINER.ZSCLIP = CN()
     cfg.TRAINER.ZSCLIP.PREC = "fp16"
 

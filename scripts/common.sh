@@ -16,6 +16,7 @@
 #               EXTRA_OPTS='MODEL.BACKBONE.PATH "/my weights/tiny.pt" INPUT.SIZE "(32, 32)"'
 #   XD_SOURCE   dataset the xd scripts train on and load from (default imagenet)
 #   DRY_RUN     1: print the train.py command instead of running it (all checks still apply)
+#   QUIET       1: pass --quiet to train.py (one summary line per run; log.txt stays complete)
 
 set -euo pipefail
 
@@ -83,7 +84,7 @@ pd_setup() {
     PD_CFG=${CFG:-$DEFAULT_CFG}
     local cfg_dir="$PD_REPO/configs/trainers/$CFG_DIR"
     PD_CFG_FILE="$cfg_dir/$PD_CFG.yaml"
-    if [[ ! $PD_CFG =~ ^[A-Za-z0-9_.-]+$ || ! -f $PD_CFG_FILE ]]; then
+    if [[ ! $PD_CFG =~ ^[A-Za-z0-9_.+-]+$ || ! -f $PD_CFG_FILE ]]; then
         pd_die "no trainer config $PD_CFG_FILE (CFG=$PD_CFG; available: $(pd_list_yaml "$cfg_dir"))"
     fi
 
@@ -164,6 +165,9 @@ pd_launch() {
     if [[ -f $out/results.json ]]; then
         echo "Results are available in $out. Skip."
         return 0
+    fi
+    if [[ ${QUIET:-0} == 1 ]]; then
+        flags+=(--quiet)
     fi
     local cmd=("$PYTHON" "$PD_REPO/train.py"
         --root "$DATA" --seed "$seed" --trainer "$TRAINER"

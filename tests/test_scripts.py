@@ -38,6 +38,8 @@ TRAINERS = {
         "vit_b16_c2_ep5_batch4_2ctx",
         "vit_b16_c2_ep5_batch4_2ctx_cross_datasets",
     ),
+    "IVLP": ("IVLP", "vit_b16_c2_ep5_batch4_2+2ctx", "vit_b16_c2_ep5_batch4_2+2ctx"),
+    "IVLPDiff": ("IVLPDiff", "vit_b16_c2_ep5_batch4_2+2ctx", "vit_b16_c2_ep5_batch4_2+2ctx"),
 }
 ALL_SCRIPTS = sorted(str(p.relative_to(REPO)) for p in SCRIPTS.glob("*/*.sh")) + [
     "scripts/run_base2new_all.sh",
@@ -156,6 +158,12 @@ def _dry_argv(setup, tmp_path, **env) -> list[str]:
         setup, tmp_path, "scripts/CoOp/base2new_train.sh", "caltech101", "1", DRY_RUN="1", **env
     )
     return shlex.split(ok(proc).splitlines()[0])
+
+
+def test_quiet_passes_quiet_to_train_py(setup, tmp_path):
+    assert "--quiet" not in _dry_argv(setup, tmp_path)
+    argv = _dry_argv(setup, tmp_path, QUIET="1")
+    assert argv.index("--quiet") < argv.index("DATASET.NUM_SHOTS")  # a flag, before the options
 
 
 def test_extra_opts_keep_spaces_and_parentheses_and_come_last(setup, tmp_path):

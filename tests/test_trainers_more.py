@@ -1,4 +1,4 @@
-"""CoCoOp, VPT, MaPLe and their Diff trainers, end to end on CPU with the tiny CLIP.
+"""CoCoOp, VPT, MaPLe, IVLP and their Diff trainers, end to end on CPU with the tiny CLIP.
 
 Data: 4 synthetic classes x 8 images (split 4 train / 2 val / 2 test per class); 2 epochs, the Diff
 trainers with 1 stage-1 and 1 stage-2 epoch, a 1-layer denoiser and 2 over-fitting steps.
@@ -28,12 +28,17 @@ SPECS = {
         ("TRAINER.VPT.PROMPT_DEPTH_VISION", "2", "TRAINER.VPT.N_CTX_VISION", "4"),
     ),
     "MaPLe": ("vit_b16_c2_ep5_batch4_2ctx", "MAPLE", ("TRAINER.MAPLE.PROMPT_DEPTH", "2")),
+    "IVLP": (
+        "vit_b16_c2_ep5_batch4_2+2ctx",
+        "IVLP",
+        ("TRAINER.IVLP.PROMPT_DEPTH_TEXT", "2", "TRAINER.IVLP.PROMPT_DEPTH_VISION", "2"),
+    ),
 }
 DIFF_OPTS = tuple(
     "TRAINER.PD.STAGE1_EPOCHS 1 TRAINER.PD.WIDTH 32 TRAINER.PD.DEPTH 1 TRAINER.PD.HEADS 2 "
     "TRAINER.PD.OVERFIT_STEPS 2".split()
 )
-TRAINERS = ["CoCoOp", "CoCoOpDiff", "VPT", "VPTDiff", "MaPLe", "MaPLeDiff"]
+TRAINERS = ["CoCoOp", "CoCoOpDiff", "VPT", "VPTDiff", "MaPLe", "MaPLeDiff", "IVLP", "IVLPDiff"]
 # what a prompt_learner checkpoint holds: the learned tensors only (upstream names)
 PROMPT_KEYS = {
     "CoCoOp": {
@@ -52,6 +57,7 @@ PROMPT_KEYS = {
         "compound_prompt_projections.0.weight",
         "compound_prompt_projections.0.bias",
     },
+    "IVLP": {"ctx", "compound_prompts_text.0", "vision_ctx"},
 }
 EPOCHS = 2
 
@@ -298,6 +304,63 @@ def test_maple_vision_prompts_follow_text_prompts(data, tmp_path):
         torch.testing.assert_close(per_image[1], model(image[1:2])[0], rtol=1e-5, atol=1e-5)
 
 
+# ---- IVLP -----------------------------------------------------------------------------------
+def test_ivlp_vision_prompts_are_independent_of_text_prompts(data, tmp_path):
+    trainer = _build(_args(data, tmp_path, "IVLP"))
+    model, learner = trainer.model, trainer.model.prompt_learner
+    assert learner.vision_ctx.shape == (2, 2, 64)  # PROMPT_DEPTH_VISION x N_CTX_VISION x width
+    image, _ = _one_batch(trainer)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        text = learner.text_prompts()
+        moved = text + torch.randn(text.shape, generator=gen)
+        assert learner.vision_prompts(moved) is learner.vision_ctx  # no coupling
+        # the vision prompts reach the image encoder: with the class features fixed, a change of
+        # the vision prompts alone changes the logits, and the image features are VPT's
+        model.cache_text_features()
+        logits = model(image)
+        learner.vision_ctx += torch.randn(learner.vision_ctx.shape, generator=gen)
+        assert not torch.allclose(model(image), logits)
+        model.clear_cache()
+
+    # the language-only config learns no vision prompts: the image side is CLIP's own
+    lang = _build(
+        _args(
+            data,
+            tmp_path / "lang",
+            "IVLP",
+            "TRAINER.IVLP.PROMPT_DEPTH_VISION",
+            "0",
+            "TRAINER.IVLP.N_CTX_VISION",
+            "0",
+        )
+    )
+    assert lang.model.prompt_learner.vision_ctx is None
+    assert {n for n, _ in lang.model.prompt_learner.named_parameters()} == {
+        "ctx",
+        "compound_prompts_text.0",
+    }
+    with torch.no_grad():
+        lang.model.cache_text_features()
+        text_feats = lang.model._text_cache
+        expected = logits_reference(
+            lang.model.clip, lang.model.clip.encode_image(image), text_feats
+        )
+        torch.testing.assert_close(lang.model(image), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_ivlp_rejects_text_depth_zero(data, tmp_path):
+    with pytest.raises(ValueError, match="TRAINER.IVLP.PROMPT_DEPTH_TEXT 0"):
+        _build(_args(data, tmp_path, "IVLP", "TRAINER.IVLP.PROMPT_DEPTH_TEXT", "0"))
+
+
+def logits_reference(clip_model, image_features, text_features) -> torch.Tensor:
+    """CLIP's logits written out: scaled cosine similarity."""
+    img = image_features.float() / image_features.float().norm(dim=-1, keepdim=True)
+    txt = text_features.float() / text_features.float().norm(dim=-1, keepdim=True)
+    return clip_model.logit_scale.exp().float() * img @ txt.t()
+
+
 # ---- the Diff trainers ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, opts, shape",
@@ -306,6 +369,7 @@ def test_maple_vision_prompts_follow_text_prompts(data, tmp_path):
         ("VPTDiff", (), (2, 4, 64)),  # depth x tokens x vision width (ViT-B/16: 12 x 8 x 768)
         ("VPTDiff", ("TRAINER.PD.DIFFUSE_LAYERS", "1"), (1, 4, 64)),
         ("MaPLeDiff", (), (2, 2, 64)),  # depth x N_CTX x text width (ViT-B/16: 9 x 2 x 512)
+        ("IVLPDiff", (), (2, 2, 64)),  # text depth x N_CTX_TEXT x text width
     ],
 )
 def test_diffused_prompt_shape_and_base_prompt_reproduces_baseline(
@@ -330,7 +394,7 @@ def test_vptdiff_rejects_more_diffused_layers_than_prompt_layers(data, tmp_path)
         _build(_args(data, tmp_path, "VPTDiff", "TRAINER.PD.DIFFUSE_LAYERS", "3"))
 
 
-@pytest.mark.parametrize("name", ["CoCoOpDiff", "VPTDiff", "MaPLeDiff"])
+@pytest.mark.parametrize("name", ["CoCoOpDiff", "VPTDiff", "MaPLeDiff", "IVLPDiff"])
 def test_diff_stage2_runs_and_inference_samples_prompts(name, data, runs, tmp_path_factory):
     trainer, out = _trained(runs, data, tmp_path_factory, name)
     with open(os.path.join(out, "log.txt")) as f:
@@ -391,7 +455,7 @@ def test_vpt_text_features_are_fixed_and_computed_once(data, tmp_path, monkeypat
 
 
 # ---- precision ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["CoCoOp", "VPT", "MaPLe"])
+@pytest.mark.parametrize("name", ["CoCoOp", "VPT", "MaPLe", "IVLP"])
 def test_fp16_clip_trains_fp32_prompts(name):
     """What PREC fp16 does on a GPU, done on the CPU: half CLIP, fp32 master prompt tensors, for
     the baseline forward and for the Diff trainers' per-image path."""
@@ -399,6 +463,7 @@ def test_fp16_clip_trains_fp32_prompts(name):
 
     from promptdiff.backbone import cast_for_precision, tiny_clip
     from trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
+    from trainers.ivlp import IVLPPromptLearner
     from trainers.maple import MaPLePromptLearner, MultiModalPromptedCLIP
     from trainers.vpt import VisionPromptedCLIP, VPTPromptLearner
 
@@ -412,9 +477,13 @@ def test_fp16_clip_trains_fp32_prompts(name):
     elif name == "VPT":
         opts = CN({"N_CTX_VISION": 4, "PROMPT_DEPTH_VISION": 2})
         model = VisionPromptedCLIP(VPTPromptLearner(opts, clip_model), clip_model, classes, "a")
-    else:
+    elif name == "MaPLe":
         opts = CN({"N_CTX": 2, "CTX_INIT": "a photo of a", "PROMPT_DEPTH": 2})
         model = MultiModalPromptedCLIP(MaPLePromptLearner(opts, classes, clip_model), clip_model)
+    else:
+        opts = CN({"N_CTX_TEXT": 2, "N_CTX_VISION": 2, "CTX_INIT": "a photo of a",
+                   "PROMPT_DEPTH_TEXT": 2, "PROMPT_DEPTH_VISION": 2})  # fmt: skip
+        model = MultiModalPromptedCLIP(IVLPPromptLearner(opts, classes, clip_model), clip_model)
     learner = model.prompt_learner.float()
     image, label = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     cond = model.condition(image)

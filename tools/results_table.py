@@ -3,6 +3,7 @@
     python tools/results_table.py --root output --protocol base2new
     python tools/results_table.py --protocol xd --trainers CoOp,CoOpDiff --format markdown
     python tools/results_table.py --protocol few_shot --shots 1,16 --format csv --out few_shot.csv
+    python tools/results_table.py --protocol base2new --format latex --std --out b2n.tex
 
 Trainers, configs, datasets and shot counts are discovered from the output layout the scripts
 write (see docs/RESULTS.md). Values are means over seeds; HM is the harmonic mean of the
@@ -28,7 +29,7 @@ else:  # run as `python tools/results_table.py`: this file's folder is on sys.pa
     import results_io as rio
 
 PROTOCOLS = ("base2new", "xd", "dg", "few_shot")
-FORMATS = ("terminal", "markdown", "csv")
+FORMATS = ("terminal", "markdown", "csv", "latex")
 PROTOCOL_TITLES = {
     "base2new": "Base-to-new generalisation",
     "xd": "Cross-dataset transfer (trained on ImageNet)",
@@ -490,10 +491,64 @@ def render_csv(tables: list[Table], show_std: bool = False) -> str:
     return out.getvalue()
 
 
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Text with LaTeX's special characters escaped (dataset and trainer names hold '_')."""
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _latex_cell(cell: str | Value, show_std: bool) -> str:
+    if isinstance(cell, str):
+        return latex_escape(cell)
+    if cell.mean is None:
+        return "-"
+    if show_std and cell.std is not None:
+        return f"{cell.mean:.2f} $\\pm$ {cell.std:.2f}"
+    return f"{cell.mean:.2f}"
+
+
+def render_latex(tables: list[Table], show_std: bool = False) -> str:
+    """One booktabs tabular per table (\\usepackage{booktabs}); notes become % comments."""
+    parts = []
+    for table in tables:
+        lines = [
+            "\\begin{table}[t]",
+            "\\centering",
+            f"\\caption{{{latex_escape(table.title)}}}",
+            "\\begin{tabular}{l" + "r" * (len(table.headers) - 1) + "}",
+            "\\toprule",
+            " & ".join(latex_escape(h) for h in table.headers) + " \\\\",
+            "\\midrule",
+        ]
+        for row in table.rows:
+            if row[0] == "Average":
+                lines.append("\\midrule")
+            lines.append(" & ".join(_latex_cell(c, show_std) for c in row) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+        lines += [f"% {n}" for n in table.notes]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
+
+
 def render(tables: list[Table], fmt: str, show_std: bool = False) -> str:
     """Text of the tables in one of FORMATS."""
     if fmt == "csv":
         return render_csv(tables, show_std)
+    if fmt == "latex":
+        return render_latex(tables, show_std)
     return render_text(tables, fmt, show_std)
 
 
@@ -539,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out}", file=sys.stderr)
         else:
             sys.stdout.write(text)
-        if args.format == "csv" or args.out:
+        if args.format in ("csv", "latex") or args.out:
             # CSV cannot carry the coverage notes and --out hides them; keep them visible.
             for table in tables:
                 for note in table.notes:

@@ -42,9 +42,10 @@ class ClipPromptTrainer(TrainerX):
         log(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH, self.device)
         self.prec = cast_for_precision(clip_model, trainer_cfg(cfg, self.CFG_KEY).PREC, self.device)
+        log("Building custom CLIP")
+        log("Turning off gradients in both the image and the text encoder")
         for p in clip_model.parameters():
             p.requires_grad_(False)
-        log("Building custom CLIP")
         self.model = self.build_prompt_model(cfg, classnames, clip_model).to(self.device)
         learner = self.model.prompt_learner
         # trainable tensors stay fp32 (master copies), whatever CLIP's dtype

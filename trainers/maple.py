@@ -36,17 +36,21 @@ from trainers.base import ClipPromptTrainer, logits_from_features
 from trainers.prompt_diffusion import PromptDiffusionMixin
 
 
-def maple_context(clip_model: nn.Module, ctx_init: str, n_ctx: int) -> tuple[torch.Tensor, str]:
-    """Context vectors [n_ctx, Dt] and the prefix text of the class prompts (upstream rule)."""
+def maple_context(
+    clip_model: nn.Module, ctx_init: str, n_ctx: int, key: str = "TRAINER.MAPLE"
+) -> tuple[torch.Tensor, str]:
+    """Context vectors [n_ctx, Dt] and the prefix text of the class prompts (upstream rule); key
+    names the config namespace in errors (IVLP shares the rule with N_CTX_TEXT)."""
+    n_key = f"{key}.N_CTX" if key == "TRAINER.MAPLE" else f"{key}.N_CTX_TEXT"
     if n_ctx < 1:
-        raise ValueError(f"TRAINER.MAPLE.N_CTX must be >= 1 (got {n_ctx}).")
+        raise ValueError(f"{n_key} must be >= 1 (got {n_ctx}).")
     if ctx_init and n_ctx <= 4:
         words, prefix_text = context_init(clip_model, ctx_init, n_ctx)
         if n_ctx > words.shape[0]:
             raise ValueError(
-                f"TRAINER.MAPLE.N_CTX {n_ctx} is larger than the {words.shape[0]} words of "
-                f'TRAINER.MAPLE.CTX_INIT "{prefix_text}"; the context would overwrite the class '
-                f"name. Use N_CTX <= {words.shape[0]} or a longer CTX_INIT."
+                f"{n_key} {n_ctx} is larger than the {words.shape[0]} words of "
+                f'{key}.CTX_INIT "{prefix_text}"; the context would overwrite the class '
+                f"name. Use {n_key.rsplit('.', 1)[1]} <= {words.shape[0]} or a longer CTX_INIT."
             )
         return words[:n_ctx].clone(), prefix_text
     if ctx_init:
@@ -54,7 +58,30 @@ def maple_context(clip_model: nn.Module, ctx_init: str, n_ctx: int) -> tuple[tor
     return context_init(clip_model, "", n_ctx)
 
 
-class MaPLePromptLearner(nn.Module):
+def deeper_text_prompts(depth: int, n_ctx: int, width: int) -> nn.ParameterList:
+    """The depth - 1 deeper text prompts, each [n_ctx, width] drawn from N(0, 0.02)."""
+    deeper = []
+    for _ in range(depth - 1):
+        p = torch.empty(n_ctx, width)
+        nn.init.normal_(p, std=0.02)
+        deeper.append(nn.Parameter(p))
+    return nn.ParameterList(deeper)
+
+
+class DeepTextPrompts(nn.Module):
+    """Text prompts [L, n, Dt]: `ctx` after SOS (layer 0) and `compound_prompts_text` (layers
+    1..L-1); subclasses create both, plus `prompts` (ClassPrompts), and map them to vision prompts."""
+
+    @property
+    def depth(self) -> int:
+        return 1 + len(self.compound_prompts_text)
+
+    def text_prompts(self) -> torch.Tensor:
+        """The shared text-side prompts [L, n, Dt]: layer 0 = ctx, then the deeper ones."""
+        return torch.stack([self.ctx, *self.compound_prompts_text])
+
+
+class MaPLePromptLearner(DeepTextPrompts):
     """Text-side prompts [L, n, Dt] (ctx + compound_prompts_text) and their couplings to vision."""
 
     def __init__(self, opts, classnames: list[str], clip_model: nn.Module):
@@ -73,25 +100,12 @@ class MaPLePromptLearner(nn.Module):
         log(f"Number of MaPLe context words (tokens): {n_ctx}; prompt depth: {depth}")
         self.ctx = nn.Parameter(vectors)
         self.proj = nn.Linear(d_text, d_vision)
-        deeper = []
-        for _ in range(depth - 1):
-            p = torch.empty(n_ctx, d_text)
-            nn.init.normal_(p, std=0.02)
-            deeper.append(nn.Parameter(p))
-        self.compound_prompts_text = nn.ParameterList(deeper)
+        self.compound_prompts_text = deeper_text_prompts(depth, n_ctx, d_text)
         coupling = nn.Linear(d_text, d_vision)
         self.compound_prompt_projections = nn.ModuleList(
             [copy.deepcopy(coupling) for _ in range(depth - 1)]
         )
         self.prompts = ClassPrompts(clip_model, classnames, prefix_text, n_ctx)
-
-    @property
-    def depth(self) -> int:
-        return 1 + len(self.compound_prompts_text)
-
-    def text_prompts(self) -> torch.Tensor:
-        """The shared text-side prompts [L, n, Dt]: layer 0 = ctx, then the deeper ones."""
-        return torch.stack([self.ctx, *self.compound_prompts_text])
 
     def vision_prompts(self, text_prompts: torch.Tensor) -> torch.Tensor:
         """Vision prompts [..., L, n, Dv] coupled to text-side prompts [..., L, n, Dt]."""
@@ -107,9 +121,11 @@ class MaPLePromptLearner(nn.Module):
 
 
 class MultiModalPromptedCLIP(nn.Module):
-    """Frozen CLIP with MaPLe prompts in both encoders; caches the class features per evaluation."""
+    """Frozen CLIP with prompts in both encoders (MaPLe's coupled ones or IVLP's independent ones:
+    any DeepTextPrompts with `vision_prompts(text_prompts)`); caches the class features per
+    evaluation."""
 
-    def __init__(self, prompt_learner: MaPLePromptLearner, clip_model: nn.Module, chunk_size=0):
+    def __init__(self, prompt_learner: DeepTextPrompts, clip_model: nn.Module, chunk_size=0):
         super().__init__()
         self.prompt_learner = prompt_learner
         self.clip = clip_model
@@ -154,7 +170,7 @@ class MultiModalPromptedCLIP(nn.Module):
     def logits_for(
         self, image: torch.Tensor, cond: torch.Tensor, prompts: torch.Tensor
     ) -> torch.Tensor:
-        """Logits [B, C]: per-image text prompts [B, L, n, Dt] and the vision prompts coupled to them."""
+        """Logits [B, C]: per-image text prompts [B, L, n, Dt] and their vision prompts."""
         text = self.text_features(prompts, per_sample=True)
         feats = encode_image(self.clip, image, self.prompt_learner.vision_prompts(prompts))
         return logits_from_features(self.clip, feats, text)

@@ -131,27 +131,42 @@ def build_transform(cfg, is_train: bool = True) -> T.Compose:
         )
     interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
     size = tuple(cfg.INPUT.SIZE)
-    tfms = []
+    steps = []  # (transform, the line Dassl prints for it)
     if is_train:
         if "random_resized_crop" in choices:
-            tfms.append(
-                T.RandomResizedCrop(size, scale=tuple(cfg.INPUT.RRCROP_SCALE), interpolation=interp)
+            scale = tuple(cfg.INPUT.RRCROP_SCALE)
+            steps.append(
+                (
+                    T.RandomResizedCrop(size, scale=scale, interpolation=interp),
+                    f"random resized crop (size={size}, scale={scale})",
+                )
             )
         elif "random_crop" in choices:
-            tfms += [
-                T.Resize(size, interpolation=interp),
-                T.RandomCrop(size, padding=cfg.INPUT.CROP_PADDING),
+            steps += [
+                (T.Resize(size, interpolation=interp), f"resize to {size}"),
+                (
+                    T.RandomCrop(size, padding=cfg.INPUT.CROP_PADDING),
+                    f"random crop (padding = {cfg.INPUT.CROP_PADDING})",
+                ),
             ]
         else:
-            tfms.append(T.Resize(size, interpolation=interp))
+            steps.append((T.Resize(size, interpolation=interp), f"resize to {size}"))
         if "random_flip" in choices:
-            tfms.append(T.RandomHorizontalFlip())
+            steps.append((T.RandomHorizontalFlip(), "random flip"))
     else:
-        tfms += [T.Resize(max(size), interpolation=interp), T.CenterCrop(size)]
-    tfms.append(T.ToTensor())
+        steps += [
+            (T.Resize(max(size), interpolation=interp), f"resize the smaller edge to {max(size)}"),
+            (T.CenterCrop(size), f"{size[0]}x{size[1]} center crop"),
+        ]
+    steps.append((T.ToTensor(), "to torch tensor of range [0, 1]"))
     if "normalize" in choices:
-        tfms.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
-    return T.Compose(tfms)
+        mean, std = list(cfg.INPUT.PIXEL_MEAN), list(cfg.INPUT.PIXEL_STD)
+        steps.append((T.Normalize(mean=mean, std=std), f"normalization (mean={mean}, std={std})"))
+    # the listing users debug augmentation with (Dassl prints it too)
+    logger.info(f"Building transform_{'train' if is_train else 'test'}")
+    for _, line in steps:
+        logger.info(f"+ {line}")
+    return T.Compose([t for t, _ in steps])
 
 
 def read_image(path: str) -> Image.Image:

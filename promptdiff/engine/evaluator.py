@@ -89,4 +89,6 @@ def build_evaluator(cfg, lab2cname=None) -> Classification:
     name = cfg.TEST.EVALUATOR
     if name not in EVALUATORS:
         raise ValueError(f"TEST.EVALUATOR {name!r} is unknown; use one of {sorted(EVALUATORS)}.")
+    if cfg.VERBOSE:
+        logger.info(f"Loading evaluator: {name}")
     return EVALUATORS[name](cfg, lab2cname=lab2cname)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from promptdiff.engine.utils import logger
+
 
 class Registry:
     """Maps a class's __name__ to the class; `register()` is used as a decorator."""
@@ -46,9 +48,13 @@ DATASET_REGISTRY = Registry("DATASET")
 
 def build_trainer(cfg):
     """Instantiate the trainer named by cfg.TRAINER.NAME."""
+    if cfg.VERBOSE:
+        logger.info(f"Loading trainer: {cfg.TRAINER.NAME}")
     return TRAINER_REGISTRY.get(cfg.TRAINER.NAME)(cfg)
 
 
 def build_dataset(cfg):
     """Instantiate the dataset named by cfg.DATASET.NAME."""
+    if cfg.VERBOSE:
+        logger.info(f"Loading dataset: {cfg.DATASET.NAME}")
     return DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)

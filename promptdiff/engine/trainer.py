@@ -19,7 +19,7 @@ from promptdiff.engine.checkpoint import (
 )
 from promptdiff.engine.data import DataManager
 from promptdiff.engine.evaluator import build_evaluator
-from promptdiff.engine.utils import AverageMeter, MetricMeter, logger, write_json
+from promptdiff.engine.utils import AverageMeter, MetricMeter, logger, progress, write_json
 
 
 class TrainerBase:
@@ -292,7 +292,7 @@ class SimpleTrainer(TrainerBase):
             data_loader = self.test_loader
         logger.info(f"Evaluate on the *{split}* set")
         self.before_test(split)
-        for batch in data_loader:
+        for batch in progress(data_loader, desc=f"Evaluate ({split})"):
             input, label = self.parse_batch_test(batch)
             self.evaluator.process(self.model_inference(input), label)
         results = self.evaluator.evaluate()

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 logger = logging.getLogger("promptdiff")
+# --quiet: stdout gets warnings only and progress bars are off; log.txt stays complete
+_quiet = False
 
 
 def set_random_seed(seed: int) -> None:
@@ -58,8 +60,11 @@ def torch_save_atomic(obj, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
-def setup_logger(output: str | None) -> None:
-    """Send the 'promptdiff' logger to stdout and to OUTPUT_DIR/log.txt (a new log.txt-<time> if taken)."""
+def setup_logger(output: str | None, quiet: bool = False) -> None:
+    """Send the 'promptdiff' logger to stdout and to OUTPUT_DIR/log.txt (a new log.txt-<time> if
+    taken); quiet keeps only warnings on stdout (and turns progress bars off)."""
+    global _quiet
+    _quiet = quiet
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
@@ -67,6 +72,7 @@ def setup_logger(output: str | None) -> None:
         handler.close()
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(logging.Formatter("%(message)s"))
+    stream.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.addHandler(stream)
     if not output:
         return
@@ -78,6 +84,28 @@ def setup_logger(output: str | None) -> None:
     handler = logging.FileHandler(fpath)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
+
+
+def progress(iterable, desc: str = "", total: int | None = None):
+    """A tqdm bar on stderr over iterable; off under --quiet or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    disable = _quiet or not sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, total=total, file=sys.stderr, disable=disable, leave=False)
+
+
+# what a command line reports as one `error:` line (bad input), not as a traceback
+USER_ERRORS = (KeyError, ValueError, FileNotFoundError, RuntimeError, ImportError)
+
+
+def report_error(exc: BaseException) -> int:
+    """Print exc as one `error:` line on stderr and return exit code 1; PROMPTDIFF_DEBUG=1
+    re-raises it for the traceback."""
+    if os.environ.get("PROMPTDIFF_DEBUG"):
+        raise exc
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    print(f"error: {msg}", file=sys.stderr)
+    return 1
 
 
 def collect_env_info() -> str:

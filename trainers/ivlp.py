@@ -1,0 +1,92 @@
+"""IVLP (independent vision-language prompting, the ablation of the MaPLe repository): deep text
+prompts and deep vision prompts learned side by side, with no coupling between them.
+
+Text side as MaPLe's (trainers/maple.py): a context [n_t, Dt] after SOS, initialised by the same
+CTX_INIT / N_CTX_TEXT rule, and PROMPT_DEPTH_TEXT - 1 deeper text prompts (N(0, 0.02)). Vision side
+as VPT's (trainers/vpt.py): PROMPT_DEPTH_VISION layers of N_CTX_VISION prompt tokens (N(0, 0.02));
+PROMPT_DEPTH_VISION 0 or N_CTX_VISION 0 learns no vision prompts (upstream's "language only"
+config). Both stacks go through MaPLe's MultiModalPromptedCLIP; IVLPDiff diffuses the text stack
+[L, n, Dt] and keeps the shared vision prompts.
+
+Upstream keeps the deeper prompts inside CLIP's blocks, so its checkpoints do not load here; the
+checkpoint holds `ctx`, `compound_prompts_text.<i>` and `vision_ctx` [L, n, Dv].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from promptdiff.backbone.encoders import text_layers, text_width, vision_layers, vision_width
+from promptdiff.backbone.prompts import ClassPrompts
+from promptdiff.host import TRAINER_REGISTRY, log
+from trainers.maple import (
+    DeepTextPrompts,
+    MaPLe,
+    MultiModalPromptedCLIP,
+    deeper_text_prompts,
+    maple_context,
+)
+from trainers.prompt_diffusion import PromptDiffusionMixin
+
+
+class IVLPPromptLearner(DeepTextPrompts):
+    """Deep text prompts [L_t, n_t, Dt] and independent deep vision prompts [L_v, n_v, Dv]."""
+
+    def __init__(self, opts, classnames: list[str], clip_model: nn.Module):
+        super().__init__()
+        depth_t, depth_v = opts.PROMPT_DEPTH_TEXT, opts.PROMPT_DEPTH_VISION
+        if not 1 <= depth_t <= text_layers(clip_model):
+            raise ValueError(
+                f"TRAINER.IVLP.PROMPT_DEPTH_TEXT {depth_t} must lie in "
+                f"1..{text_layers(clip_model)} (the backbone's text layers); for vision prompts "
+                f"only use the VPT trainer."
+            )
+        if depth_v < 0 or opts.N_CTX_VISION < 0:
+            raise ValueError(
+                f"TRAINER.IVLP.PROMPT_DEPTH_VISION ({depth_v}) and N_CTX_VISION "
+                f"({opts.N_CTX_VISION}) must be >= 0 (0 = no vision prompts)."
+            )
+        vectors, prefix_text = maple_context(
+            clip_model, opts.CTX_INIT, opts.N_CTX_TEXT, "TRAINER.IVLP"
+        )
+        n_ctx = vectors.shape[0]
+        self.ctx = nn.Parameter(vectors)
+        self.compound_prompts_text = deeper_text_prompts(depth_t, n_ctx, text_width(clip_model))
+        self.prompts = ClassPrompts(clip_model, classnames, prefix_text, n_ctx)
+        self.vision_ctx = None
+        if depth_v and opts.N_CTX_VISION:
+            if depth_v > vision_layers(clip_model):  # also rejects non-ViT backbones
+                raise ValueError(
+                    f"TRAINER.IVLP.PROMPT_DEPTH_VISION {depth_v} must lie in "
+                    f"0..{vision_layers(clip_model)} (the backbone's vision layers)."
+                )
+            vision = torch.empty(depth_v, opts.N_CTX_VISION, vision_width(clip_model))
+            nn.init.normal_(vision, std=0.02)
+            self.vision_ctx = nn.Parameter(vision)
+        log("Independent V-L design")
+        log(f'Initial text context: "{prefix_text}"')
+        log(f"Number of context words (tokens) for language prompting: {n_ctx}; depth {depth_t}")
+        n_vision = opts.N_CTX_VISION if self.vision_ctx is not None else 0
+        log(f"Number of context words (tokens) for vision prompting: {n_vision}; depth {depth_v}")
+
+    def vision_prompts(self, text_prompts: torch.Tensor) -> torch.Tensor | None:
+        """The learned vision prompts, the same whatever the text prompts (no coupling)."""
+        return self.vision_ctx
+
+
+@TRAINER_REGISTRY.register()
+class IVLP(MaPLe):
+    """Independent V-L prompting: TRAINER.IVLP.{N_CTX_TEXT, N_CTX_VISION, CTX_INIT, PREC,
+    PROMPT_DEPTH_TEXT, PROMPT_DEPTH_VISION}."""
+
+    CFG_KEY = "IVLP"
+
+    def build_prompt_model(self, cfg, classnames, clip_model):
+        learner = IVLPPromptLearner(cfg.TRAINER.IVLP, classnames, clip_model)
+        return MultiModalPromptedCLIP(learner, clip_model, cfg.TRAINER.PD.TEXT_CHUNK)
+
+
+@TRAINER_REGISTRY.register()
+class IVLPDiff(PromptDiffusionMixin, IVLP):
+    """IVLP + prompt diffusion over the text prompts [L, n, Dt]; the vision prompts stay shared."""
