@@ -62,6 +62,8 @@ TRAINER_ORDER = (
     "VPTDiff",
     "MaPLe",
     "MaPLeDiff",
+    "GenPT",
+    "GenPTDiff",
 )
 
 
