@@ -252,9 +252,10 @@ class GenPT(ClipPromptTrainer):
                 labels = torch.cat([label, extra[1]])
             output = logits_from_features(model.clip, feats, text)
             loss = F.cross_entropy(output.float(), labels)
-            nce = info_nce(text, model.hand_features, opts.MI_TEMP)
-            if opts.MI_WEIGHT > 0:
-                loss = loss + opts.MI_WEIGHT * nce
+        # outside autocast: bf16 cosines divided by a small temperature lose the term's precision
+        nce = info_nce(text, model.hand_features, opts.MI_TEMP)
+        if opts.MI_WEIGHT > 0:
+            loss = loss + opts.MI_WEIGHT * nce
         self.model_backward_and_update(loss)
         with torch.no_grad():
             cos = (F.normalize(text.float(), dim=-1) * model.hand_features).sum(-1).mean()
