@@ -15,6 +15,8 @@ TRAINER.GENPT (defaults in promptdiff/config.py):
   feature of class c is the anchor, the hand-crafted feature of c its positive and those of the
   other classes its negatives: L = CE(s_c . h_j / MI_TEMP, c). One direction suffices because the
   hand-crafted view is frozen; its gradient reaches only the context. Loss = CE + MI_WEIGHT * L.
+  InfoNCE is kept over MINE/NWJ-type bounds: with C pairs per step those are high-variance, and
+  InfoNCE's ceiling log C does not matter for a term that only pulls the two views together.
   Log lines show `mi_nce` (L) and `mi_cos` (mean cosine of s_c and h_c).
 - Class-wise visual augmentation (AUG_MODE): new image features are convex combinations of
   L2-normalised image features of one class, with weights ~ Dirichlet(AUG_STRENGTH) over that
@@ -188,7 +190,9 @@ class GenPTCLIP(PromptedCLIP):
         hand = logits_from_features(self.clip, image_features, self.hand_features)
         return (1 - w) * logits + w * hand
 
-    def logits_for(self, image, cond, prompts):
+    def logits_for(
+        self, image: torch.Tensor, cond: torch.Tensor, prompts: torch.Tensor
+    ) -> torch.Tensor:
         return self.ensemble(super().logits_for(image, cond, prompts), cond)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
