@@ -38,6 +38,19 @@ def extend_cfg(cfg: CN) -> CN:
     cfg.TRAINER.IVLP.PREC = "fp16"
     cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9  # 0: no vision prompts (language-only IVLP)
     cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9
+    # GenPT (arXiv 2410.03189): CoOp's context plus the two terms; see trainers/genpt.py
+    gp = cfg.TRAINER.GENPT = CN()
+    gp.N_CTX = 16
+    gp.CTX_INIT = ""
+    gp.PREC = "fp16"
+    gp.TEMPLATES = []  # hand-crafted view; [] = the dataset's template (ZeroshotCLIP's table)
+    gp.MI_WEIGHT = 1.0  # weight of the InfoNCE term between the two views; 0 disables it
+    gp.MI_TEMP = 0.07  # its temperature
+    gp.AUG_MODE = "prototype"  # none | mixup (within the batch) | prototype (per-class memory)
+    gp.AUG_STRENGTH = 1.0  # Dirichlet concentration of the mixing weights
+    gp.AUG_SAMPLES = 1  # mixed features per class present in the batch
+    gp.AUG_MEMORY = 8  # prototype: recent features remembered per class
+    gp.ENSEMBLE = 0.0  # inference: weight of the hand-crafted view's logits (0 = soft prompt only)
 
     cfg.TRAINER.ZSCLIP = CN()
     cfg.TRAINER.ZSCLIP.PREC = "fp16"

@@ -40,7 +40,11 @@ TRAINERS = {
     ),
     "IVLP": ("IVLP", "vit_b16_c2_ep5_batch4_2+2ctx", "vit_b16_c2_ep5_batch4_2+2ctx"),
     "IVLPDiff": ("IVLPDiff", "vit_b16_c2_ep5_batch4_2+2ctx", "vit_b16_c2_ep5_batch4_2+2ctx"),
+    "GenPT": ("GenPT", "vit_b16_c4_ep10_batch8_ctxv1", "vit_b16_ep50_ctxv1"),
+    "GenPTDiff": ("GenPTDiff", "vit_b16_c4_ep10_batch8_ctxv1", "vit_b16_ep50_ctxv1"),
 }
+# few_shot.sh defaults that differ from the base-to-new one (all classes: the xd config)
+FEW_SHOT_CFG = {"GenPT": "vit_b16_ep50_ctxv1", "GenPTDiff": "vit_b16_ep50_ctxv1"}
 ALL_SCRIPTS = sorted(str(p.relative_to(REPO)) for p in SCRIPTS.glob("*/*.sh")) + [
     "scripts/run_base2new_all.sh",
     "scripts/run_xd_all.sh",
@@ -116,6 +120,8 @@ def test_every_trainer_has_short_scripts_that_source_common():
             text = (SCRIPTS / trainer / name).read_text()
             assert len(text.splitlines()) <= 6, f"{trainer}/{name} should only name its trainer"
             default = xd_cfg if name.startswith("xd_") else cfg
+            if name == "few_shot.sh":
+                default = FEW_SHOT_CFG.get(trainer, default)
             assert f"TRAINER={trainer} CFG_DIR={cfg_dir} DEFAULT_CFG={default}\n" in text
             assert '/../common.sh"' in text
 

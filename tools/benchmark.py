@@ -74,6 +74,8 @@ TRAINER_CONFIGS = {
     "VPTDiff": "VPTDiff/vit_b16_c2_ep5_batch4_8ctx",
     "MaPLe": "MaPLe/vit_b16_c2_ep5_batch4_2ctx",
     "MaPLeDiff": "MaPLeDiff/vit_b16_c2_ep5_batch4_2ctx",
+    "GenPT": "GenPT/vit_b16_ep50_ctxv1",
+    "GenPTDiff": "GenPTDiff/vit_b16_ep50_ctxv1",
 }
 # per-image text encoding of CoOp's prompt, timed on a CoOpDiff trainer without its sampler
 REFERENCE = "CoCoOp-style"

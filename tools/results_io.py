@@ -64,6 +64,8 @@ TRAINER_ORDER = (
     "MaPLeDiff",
     "IVLP",
     "IVLPDiff",
+    "GenPT",
+    "GenPTDiff",
 )
 
 
