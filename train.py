@@ -99,6 +99,26 @@ def setup_cfg(args):
     return cfg
 
 
+def check_eval_args(args, trainer_class) -> None:
+    """--eval-only on a trainer with learned prompts needs the trained model (--model-dir)."""
+    from trainers.base import ClipPromptTrainer
+
+    if args.eval_only and not args.model_dir and issubclass(trainer_class, ClipPromptTrainer):
+        raise ValueError(
+            f"--eval-only with trainer {trainer_class.__name__} needs --model-dir (the output "
+            f"folder of its training run); without it the untrained prompts would be evaluated."
+        )
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of a bad-input error; a DataLoader worker's re-raised error carries the
+    worker's traceback in its message, of which only the last line is the sentence."""
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if "Original Traceback" in msg:
+        msg = msg.strip().splitlines()[-1].partition(": ")[2] or msg
+    return msg
+
+
 def main(args) -> None:
     import torch
 
@@ -125,6 +145,7 @@ def main(args) -> None:
             f"Unknown dataset {cfg.DATASET.NAME!r} (DATASET.NAME); registered datasets: "
             f"{', '.join(DATASET_REGISTRY.registered_names())}."
         )
+    check_eval_args(args, TRAINER_REGISTRY.get(cfg.TRAINER.NAME))
     setup_logger(cfg.OUTPUT_DIR)
     if cfg.SEED >= 0:
         log(f"Setting fixed seed: {cfg.SEED}")
@@ -154,11 +175,17 @@ def cli(argv: list[str] | None = None) -> int:
         os.environ["PROMPTDIFF_HOST"] = args.host
     try:
         main(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+    except (
+        KeyError,
+        ValueError,
+        FileNotFoundError,
+        PermissionError,
+        RuntimeError,
+        ImportError,
+    ) as exc:
         if os.environ.get("PROMPTDIFF_DEBUG"):
             raise
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 1
     return 0
 
