@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 from conftest import train_args
-from synthetic_layouts import make_imagenet, make_imagenet_sketch
+from synthetic_layouts import LAYOUTS, make_imagenet, make_imagenet_sketch
 
 import datasets  # noqa: F401  (registers every dataset)
 from datasets.common import IMAGE_EXTENSIONS
@@ -269,6 +269,18 @@ def test_zero_byte_image_in_generated_split_is_an_error(data):
     open(empty, "w").close()
     with pytest.raises(FileNotFoundError, match=f"{empty} \\(empty\\)"):
         build(data)
+
+
+def test_zero_byte_and_missing_fgvc_images_counted(tmp_path):
+    root = LAYOUTS["FGVCAircraft"](str(tmp_path / "data"))
+    ds = build(root, "FGVCAircraft")
+    empty, gone = ds.test[0].impath, ds.test[1].impath
+    open(empty, "w").close()
+    os.remove(gone)
+    listing = os.path.join(root, "fgvc_aircraft", "images_variant_test.txt")
+    with pytest.raises(FileNotFoundError, match=f"2 of the {len(ds.test)} images listed in "
+                       f"{listing} are missing, unreadable or empty: {empty} \\(empty\\), {gone} \\(missing\\)"):  # fmt: skip
+        build(root, "FGVCAircraft")
 
 
 def _truncate(path: str) -> None:
