@@ -93,6 +93,9 @@ def check_images(paths: list[str], source: str, fix: str = "") -> None:
         )
 
 
+SPLITS = ("train", "val", "test")
+
+
 def _bad_split(filepath: str, what: str) -> ValueError:
     return ValueError(
         f"The split file {filepath} {what}; fix it, or delete it to regenerate it "
@@ -151,9 +154,9 @@ def make_datum(
 def read_split(filepath: str, path_prefix: str) -> tuple[list, list, list]:
     """Read a split_zhou_*.json file: {"train"|"val"|"test": [[relative path, label, classname]]}."""
     require_file(filepath, "split file")
-    split = read_split_file(filepath, ("train", "val", "test"))
+    split = read_split_file(filepath, SPLITS)
     check_images(
-        [os.path.join(path_prefix, item[0]) for key in split for item in split[key]],
+        [os.path.join(path_prefix, item[0]) for key in SPLITS for item in split[key]],
         f"listed in {filepath}",
         f"restore them or delete {filepath} to regenerate it",
     )
@@ -345,7 +348,7 @@ class CoOpDataset(DatasetBase):
             log(f"Loading preprocessed few-shot data from {cache}")
             data = read_split_file(cache, ("train", "val"))
             check_images(
-                [os.path.join(prefix, item[0]) for key in data for item in data[key]],
+                [os.path.join(prefix, item[0]) for key in ("train", "val") for item in data[key]],
                 f"listed in {cache}",
                 f"restore them or delete {cache} to draw the subset again",
             )
