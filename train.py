@@ -106,6 +106,17 @@ def setup_cfg(args):
     return cfg
 
 
+def check_eval_args(args, trainer_class) -> None:
+    """--eval-only on a trainer with learned prompts needs the trained model (--model-dir)."""
+    from trainers.base import ClipPromptTrainer
+
+    if args.eval_only and not args.model_dir and issubclass(trainer_class, ClipPromptTrainer):
+        raise ValueError(
+            f"--eval-only with trainer {trainer_class.__name__} needs --model-dir (the output "
+            f"folder of its training run); without it the untrained prompts would be evaluated."
+        )
+
+
 def main(args) -> None:
     import torch
 
@@ -133,6 +144,7 @@ def main(args) -> None:
             f"Unknown dataset {cfg.DATASET.NAME!r} (DATASET.NAME); registered datasets: "
             f"{', '.join(DATASET_REGISTRY.registered_names())}."
         )
+    check_eval_args(args, TRAINER_REGISTRY.get(cfg.TRAINER.NAME))
     if args.quiet and HOST == "builtin":
         setup_logger(cfg.OUTPUT_DIR, quiet=True)
     else:  # Dassl tees stdout into log.txt, so under it --quiet only drops the config dump

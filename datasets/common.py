@@ -11,12 +11,33 @@ import os
 import random
 
 from promptdiff.host import DatasetBase, Datum, log, mkdir_if_missing, read_json, write_json
+from promptdiff.imagefiles import IMAGE_EXTENSIONS, is_image_file  # noqa: F401
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+def _permission_problem(path: str, is_dir: bool) -> str:
+    """'' when path can be read (and listed), else why not: an unreadable path or parent."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return "a parent folder does not let you in"
+    except OSError:
+        return ""
+    need = os.R_OK | os.X_OK if is_dir else os.R_OK
+    return "" if os.access(path, need) else "you may not read it"
+
+
+def _deny(path: str, what: str, why: str) -> PermissionError:
+    return PermissionError(
+        f"Permission denied on the {what} {path} ({why}); ask its owner for read access or "
+        f"copy the data somewhere you can read."
+    )
 
 
 def require_dir(path: str, what: str = "dataset folder") -> str:
-    """Return path if it is a directory, else raise one sentence naming it and the fix."""
+    """Return path if it is a readable directory, else raise one sentence naming it and the fix."""
+    why = _permission_problem(path, is_dir=True)
+    if why:
+        raise _deny(path, what, why)
     if not os.path.isdir(path):
         raise FileNotFoundError(
             f"The {what} {path} does not exist; set DATASET.ROOT (--root) to the folder that "
@@ -26,6 +47,9 @@ def require_dir(path: str, what: str = "dataset folder") -> str:
 
 
 def require_file(path: str, what: str = "file") -> str:
+    why = _permission_problem(path, is_dir=False)
+    if why:
+        raise _deny(path, what, why)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"The {what} {path} does not exist; see DATASETS.md for where it comes from "
@@ -39,6 +63,72 @@ def listdir_nohidden(path: str, sort: bool = True) -> list[str]:
     file system's listing order (upstream uses the raw os.listdir order)."""
     items = [f for f in os.listdir(path) if not f.startswith(".")]
     return sorted(items) if sort else items
+
+
+def list_images(folder: str) -> list[str]:
+    """Image file names in a class folder (by extension); notes, archives etc. are ignored."""
+    return [f for f in listdir_nohidden(folder) if is_image_file(f)]
+
+
+def check_images(paths: list[str], source: str, fix: str = "") -> None:
+    """Stat every image once: missing, unreadable or zero-byte files are one error naming the
+    count and the first few paths, so a bad test image is found before training, not after."""
+    bad = []
+    for path in paths:
+        try:
+            size = os.stat(path).st_size
+        except PermissionError:
+            bad.append(f"{path} (permission denied)")
+            continue
+        except OSError:
+            bad.append(f"{path} (missing)")
+            continue
+        if size == 0:
+            bad.append(f"{path} (empty)")
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise FileNotFoundError(
+            f"{len(bad)} of the {len(paths)} images {source} are missing, unreadable or empty: "
+            f"{shown}; {fix or 'restore or replace them'}."
+        )
+
+
+SPLITS = ("train", "val", "test")
+
+
+def _bad_split(filepath: str, what: str) -> ValueError:
+    return ValueError(
+        f"The split file {filepath} {what}; fix it, or delete it to regenerate it "
+        f'(format: {{"train"|"val"|"test": [[relative image path, label, class name], ...]}}).'
+    )
+
+
+def read_split_file(filepath: str, keys: tuple[str, ...]) -> dict[str, list]:
+    """A split JSON checked for shape ({key: [[path, label, classname]]}) and label range
+    (0..the number of training classes - 1), so a bad entry is an error naming the file."""
+    try:
+        split = read_json(filepath)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _bad_split(filepath, f"is not valid JSON ({exc})") from exc
+    if not isinstance(split, dict) or any(not isinstance(split.get(k), list) for k in keys):
+        raise _bad_split(filepath, f"must be an object with the lists {', '.join(keys)}")
+    for key in keys:
+        for n, item in enumerate(split[key]):
+            ok = isinstance(item, list) and len(item) == 3
+            if not ok or not isinstance(item[0], str) or not isinstance(item[2], str):
+                raise _bad_split(filepath, f"has a malformed entry {key}[{n}]: {item!r}")
+            if isinstance(item[1], bool) or not isinstance(item[1], int) or item[1] < 0:
+                raise _bad_split(filepath, f"has a non-integer or negative label in {key}[{n}]")
+    num_classes = max((item[1] for item in split[keys[0]]), default=-1) + 1
+    for key in keys:
+        for n, (path, label, _) in enumerate(split[key]):
+            if label >= num_classes:
+                raise _bad_split(
+                    filepath,
+                    f"gives {path} ({key}[{n}]) the label {label}, outside the {num_classes} "
+                    f"classes of its {keys[0]} list (0..{num_classes - 1})",
+                )
+    return split
 
 
 def make_datum(
@@ -64,7 +154,12 @@ def make_datum(
 def read_split(filepath: str, path_prefix: str) -> tuple[list, list, list]:
     """Read a split_zhou_*.json file: {"train"|"val"|"test": [[relative path, label, classname]]}."""
     require_file(filepath, "split file")
-    split = read_json(filepath)
+    split = read_split_file(filepath, SPLITS)
+    check_images(
+        [os.path.join(path_prefix, item[0]) for key in SPLITS for item in split[key]],
+        f"listed in {filepath}",
+        f"restore them or delete {filepath} to regenerate it",
+    )
 
     def _convert(items):
         return [
@@ -91,8 +186,23 @@ def save_split(train, val, test, filepath: str, path_prefix: str) -> None:
         "val": _relative(val, path_prefix),
         "test": _relative(test, path_prefix),
     }
-    write_json(split, filepath)
-    log(f"Saved split to {filepath}")
+    if try_write_json(split, filepath, "split"):
+        log(f"Saved split to {filepath}")
+
+
+def try_write_json(obj, filepath: str, what: str) -> bool:
+    """Write a cache file; a read-only dataset folder only costs the cache (a warning), since
+    the same seed regenerates the same content on the next run."""
+    try:
+        mkdir_if_missing(os.path.dirname(filepath))
+        write_json(obj, filepath)
+    except OSError as exc:
+        log(
+            f"Warning: cannot write the {what} file {filepath} ({exc.strerror or exc}); "
+            f"continuing without saving it (make the folder writable to cache it)."
+        )
+        return False
+    return True
 
 
 def read_and_split_data(
@@ -108,7 +218,7 @@ def read_and_split_data(
     train, val, test = [], [], []
     for label, category in enumerate(categories):
         category_dir = os.path.join(image_dir, category)
-        images = [os.path.join(category_dir, im) for im in listdir_nohidden(category_dir)]
+        images = [os.path.join(category_dir, im) for im in list_images(category_dir)]
         random.shuffle(images)
         n_total = len(images)
         n_train = round(n_total * p_trn)
@@ -202,6 +312,11 @@ class CoOpDataset(DatasetBase):
             train, val, test = read_split(self.split_path, self.image_dir)
         else:
             train, val, test = self.build_split()
+            check_images(
+                [item.impath for item in train + val + test],
+                f"found for {type(self).__name__}",
+                "replace or remove them",
+            )
             save_split(train, val, test, self.split_path, self.image_dir)
         self.finalize(cfg, train, val, test)
 
@@ -228,17 +343,21 @@ class CoOpDataset(DatasetBase):
     def fewshot(self, cfg, train: list, val: list, num_shots: int) -> tuple[list, list]:
         """Load the cached subset for (shots, seed) or draw it (train first, then val with min(K, 4))."""
         cache = self.fewshot_cache_path(cfg, num_shots)
-        cache_dir = os.path.dirname(cache)
         prefix = self.dataset_dir
         if os.path.isfile(cache):
             log(f"Loading preprocessed few-shot data from {cache}")
-            data = read_json(cache)
+            data = read_split_file(cache, ("train", "val"))
+            check_images(
+                [os.path.join(prefix, item[0]) for key in ("train", "val") for item in data[key]],
+                f"listed in {cache}",
+                f"restore them or delete {cache} to draw the subset again",
+            )
             train = [make_datum(os.path.join(prefix, p), y, c, cache) for p, y, c in data["train"]]
             val = [make_datum(os.path.join(prefix, p), y, c, cache) for p, y, c in data["val"]]
             return train, val
         train = self.generate_fewshot_dataset(train, num_shots=num_shots)
         val = self.generate_fewshot_dataset(val, num_shots=min(num_shots, 4)) if val else val
+        data = {"train": _relative(train, prefix), "val": _relative(val, prefix)}
         log(f"Saving preprocessed few-shot data to {cache}")
-        mkdir_if_missing(cache_dir)
-        write_json({"train": _relative(train, prefix), "val": _relative(val, prefix)}, cache)
+        try_write_json(data, cache, "few-shot cache")
         return train, val

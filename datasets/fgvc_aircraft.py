@@ -1,6 +1,13 @@
 import os
 
-from datasets.common import CoOpDataset, dataset_folder, make_datum, require_dir, require_file
+from datasets.common import (
+    CoOpDataset,
+    check_images,
+    dataset_folder,
+    make_datum,
+    require_dir,
+    require_file,
+)
 from promptdiff.host import DATASET_REGISTRY
 
 
@@ -25,7 +32,7 @@ class FGVCAircraft(CoOpDataset):
 
     def read_data(self, cname2lab: dict, split_file: str) -> list:
         filepath = require_file(os.path.join(self.dataset_dir, split_file), "split list")
-        items = []
+        rows = []
         with open(filepath) as f:
             for line in f:
                 if not line.strip():
@@ -36,8 +43,6 @@ class FGVCAircraft(CoOpDataset):
                         f"Variant {classname!r} in {filepath} is not listed in variants.txt; "
                         f"use the variants.txt that came with the same FGVC-Aircraft release."
                     )
-                impath = os.path.join(self.image_dir, imname + ".jpg")
-                items.append(
-                    make_datum(impath, cname2lab[classname], classname, filepath, regenerable=False)
-                )
-        return items
+                rows.append((os.path.join(self.image_dir, imname + ".jpg"), classname))
+        check_images([p for p, _ in rows], f"listed in {filepath}", "restore them (DATASETS.md)")
+        return [make_datum(p, cname2lab[c], c, filepath, regenerable=False) for p, c in rows]

@@ -2,7 +2,9 @@ import os
 
 from datasets.common import (
     CoOpDataset,
+    check_images,
     dataset_folder,
+    list_images,
     listdir_nohidden,
     require_dir,
     require_file,
@@ -35,8 +37,16 @@ def find_classnames(root: str, dataset_dir: str) -> str:
     )
 
 
-def read_class_folders(image_dir: str, classnames: dict, text_file: str) -> tuple[list, list]:
-    """Sorted <wnid> class folders of image_dir, labelled by that order: (folders, items)."""
+def read_class_folders(
+    image_dir: str, classnames: dict, text_file: str, all_classes: bool = True
+) -> tuple[list, list]:
+    """The <wnid> class folders of image_dir and their images: (sorted folders, items).
+
+    all_classes: every class of text_file must have a folder, and labels are positions in the
+    class list (its wnids sorted, which is upstream's sorted-folder order on a complete dataset),
+    so a missing folder can never renumber the others. Otherwise (ImageNet-A/-R, whose folders
+    are a 200-class subset) the folders present are the classes, labelled in sorted order.
+    """
     require_dir(image_dir, "image folder")
     folders = [d for d in listdir_nohidden(image_dir) if os.path.isdir(os.path.join(image_dir, d))]
     if not folders:
@@ -50,17 +60,29 @@ def read_class_folders(image_dir: str, classnames: dict, text_file: str) -> tupl
             f"Class folders {unknown[:3]} in {image_dir} are not listed in {text_file}; use "
             f"ImageNet's classnames.txt (lines '<wnid> <class name>')."
         )
+    if all_classes:
+        absent = [w for w in classnames if w not in set(folders)]
+        if absent:
+            raise FileNotFoundError(
+                f"{len(absent)} of the {len(classnames)} classes in {text_file} have no folder in "
+                f"{image_dir} (e.g. {', '.join(absent[:3])}); restore them, since labels follow "
+                f"the class list (see DATASETS.md)."
+            )
+        label_of = {wnid: n for n, wnid in enumerate(sorted(classnames))}
+    else:
+        label_of = {wnid: n for n, wnid in enumerate(folders)}
     items = []
-    for label, folder in enumerate(folders):
+    for folder in folders:
         folder_dir = os.path.join(image_dir, folder)
-        for imname in listdir_nohidden(folder_dir):
+        for imname in list_images(folder_dir):
             items.append(
                 Datum(
                     impath=os.path.join(folder_dir, imname),
-                    label=label,
+                    label=label_of[folder],
                     classname=classnames[folder],
                 )
             )
+    check_images([item.impath for item in items], f"in {image_dir}", "replace or remove them")
     return folders, items
 
 
@@ -70,6 +92,7 @@ class ImageNetTestOnly(DatasetBase):
 
     dataset_dir = ""
     image_subdir = ""
+    ALL_CLASSES = True  # False: the folders are a subset of classnames.txt (ImageNet-A/-R)
 
     def __init__(self, cfg):
         self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
@@ -86,7 +109,7 @@ class ImageNetTestOnly(DatasetBase):
         super().__init__(train_x=data, test=data)
 
     def read_data(self, classnames: dict, text_file: str) -> list:
-        return read_class_folders(self.image_dir, classnames, text_file)[1]
+        return read_class_folders(self.image_dir, classnames, text_file, self.ALL_CLASSES)[1]
 
 
 @DATASET_REGISTRY.register()

@@ -1,6 +1,6 @@
 import os
 
-from datasets.common import listdir_nohidden, require_dir
+from datasets.common import check_images, list_images, require_dir
 from datasets.imagenet import ImageNetTestOnly
 from promptdiff.host import DATASET_REGISTRY, Datum
 
@@ -17,8 +17,11 @@ class ImageNetV2(ImageNetTestOnly):
         items = []
         for label, classname in enumerate(classnames.values()):
             class_dir = require_dir(os.path.join(self.image_dir, str(label)), "class folder")
-            for imname in listdir_nohidden(class_dir):
+            for imname in list_images(class_dir):
                 items.append(
                     Datum(impath=os.path.join(class_dir, imname), label=label, classname=classname)
                 )
+        check_images(
+            [item.impath for item in items], f"in {self.image_dir}", "replace or remove them"
+        )
         return items

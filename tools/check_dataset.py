@@ -23,6 +23,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)  # run from a checkout without installing anything
 
+from promptdiff.imagefiles import is_image_file  # noqa: E402
+
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "datasets")
 
 
@@ -40,6 +42,9 @@ class Layout:
     class_dirs: tuple = ()  # folders that must hold one sub-folder per class
     build_class_dirs: tuple = ()  # the same, only while the split file is absent
     lists: tuple = ()  # FGVCAircraft: official lists "<id> <variant>" -> images/<id>.jpg
+    classnames: tuple = ()  # classnames.txt alternatives whose every class needs a folder in
+    all_class_dirs: tuple = ()  # these (<wnid>/, or <0..N-1>/ when numbered)
+    numbered: bool = False
 
 
 def _split(folder: str, name: str, image_subdir: str = "", **kw) -> Layout:
@@ -60,13 +65,23 @@ def _folder_per_class(folder: str, name: str, image_subdir: str) -> Layout:
     )
 
 
-def _imagenet_variant(folder: str, image_subdir: str) -> Layout:
+def _imagenet_variant(
+    folder: str, image_subdir: str, all_classes: bool = True, numbered: bool = False
+) -> Layout:
     image_dir = os.path.join(folder, image_subdir)
     classnames = (
         os.path.join(folder, "classnames.txt"),
         os.path.join("imagenet", "classnames.txt"),
     )
-    return Layout(folder=folder, dirs=(image_dir,), files=(classnames,), class_dirs=(image_dir,))
+    return Layout(
+        folder=folder,
+        dirs=(image_dir,),
+        files=(classnames,),
+        class_dirs=(image_dir,),
+        classnames=classnames if all_classes else (),
+        all_class_dirs=(image_dir,) if all_classes else (),
+        numbered=numbered,
+    )
 
 
 FGVC_LISTS = tuple(
@@ -147,11 +162,19 @@ LAYOUTS = {
             os.path.join("imagenet", "images", "train"),
             os.path.join("imagenet", "images", "val"),
         ),
+        classnames=(os.path.join("imagenet", "classnames.txt"),),
+        all_class_dirs=(
+            os.path.join("imagenet", "images", "train"),
+            os.path.join("imagenet", "images", "val"),
+        ),
     ),
-    "ImageNetV2": _imagenet_variant("imagenetv2", "imagenetv2-matched-frequency-format-val"),
+    "ImageNetV2": _imagenet_variant(
+        "imagenetv2", "imagenetv2-matched-frequency-format-val", numbered=True
+    ),
     "ImageNetSketch": _imagenet_variant("imagenet-sketch", "images"),
-    "ImageNetA": _imagenet_variant("imagenet-adversarial", "imagenet-a"),
-    "ImageNetR": _imagenet_variant("imagenet-rendition", "imagenet-r"),
+    # the 200-class sets: their folders are a subset of classnames.txt
+    "ImageNetA": _imagenet_variant("imagenet-adversarial", "imagenet-a", all_classes=False),
+    "ImageNetR": _imagenet_variant("imagenet-rendition", "imagenet-r", all_classes=False),
 }
 
 
@@ -215,6 +238,71 @@ def _class_dir_problem(path: str) -> str:
     return f"class folders in {path} (it is empty)"
 
 
+def _examples(paths: list[str], n: int = 3) -> str:
+    more = f" and {len(paths) - n:,} more" if len(paths) > n else ""
+    return ", ".join(paths[:n]) + more
+
+
+def _image_problems(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(missing, zero-byte) among paths, one stat each."""
+    missing, empty = [], []
+    for path in paths:
+        try:
+            if os.stat(path).st_size == 0:
+                empty.append(path)
+        except OSError:
+            missing.append(path)
+    return missing, empty
+
+
+def _class_folder_contents(path: str) -> list[str]:
+    """Problems inside the class folders of path: folders without images, zero-byte images."""
+    if not os.path.isdir(path):
+        return []
+    no_images, empty = [], []
+    for entry in sorted(e for e in os.listdir(path) if not e.startswith(".")):
+        folder = os.path.join(path, entry)
+        if not os.path.isdir(folder):
+            continue
+        images = [
+            os.path.join(folder, f)
+            for f in os.listdir(folder)
+            if not f.startswith(".") and is_image_file(f)
+        ]
+        if not images:
+            no_images.append(folder)
+        empty += _image_problems(images)[1]
+    problems = []
+    if no_images:
+        problems.append(f"images in {len(no_images):,} class folders, e.g. {_examples(no_images)}")
+    if empty:
+        problems.append(f"{len(empty):,} zero-byte images, e.g. {_examples(empty)}")
+    return problems
+
+
+def _missing_classes(root: str, layout: Layout) -> list[str]:
+    """Classes of classnames.txt without their folder (labels follow the class list)."""
+    found = [os.path.join(root, p) for p in layout.classnames]
+    found = [p for p in found if os.path.isfile(p)]
+    if not found:
+        return []  # reported as a missing file already
+    with open(found[0]) as f:
+        wnids = [line.split(" ", 1)[0].strip() for line in f if line.strip()]
+    names = [str(i) for i in range(len(wnids))] if layout.numbered else wnids
+    problems = []
+    for rel in layout.all_class_dirs:
+        folder = os.path.join(root, rel)
+        if not os.path.isdir(folder):
+            continue
+        absent = [n for n in names if not os.path.isdir(os.path.join(folder, n))]
+        if absent:
+            problems.append(
+                f"class folders in {folder} for {len(absent):,} of the {len(names):,} classes in "
+                f"{found[0]}, e.g. {_examples(absent)}"
+            )
+    return problems
+
+
 def listed_images(root: str, layout: Layout) -> tuple[str, list[str]] | None:
     """(source, image paths) from the split file or official lists, or None when there is none."""
     split = os.path.join(root, layout.split) if layout.split else ""
@@ -270,6 +358,9 @@ def check(root: str, name: str, sample: int = 0) -> tuple[list[str], list[str]]:
         problem = _class_dir_problem(os.path.join(root, rel))
         if problem:
             missing.append(problem)
+        else:
+            missing += _class_folder_contents(os.path.join(root, rel))
+    missing += _missing_classes(root, layout)
     try:
         listed = listed_images(root, layout)
     except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
@@ -281,11 +372,16 @@ def check(root: str, name: str, sample: int = 0) -> tuple[list[str], list[str]]:
         if sample and len(paths) > sample:
             step = len(paths) / sample
             paths = [paths[int(i * step)] for i in range(sample)]
-        absent = [p for p in paths if not os.path.isfile(p)]
+        absent, empty = _image_problems(paths)
         checked = f"{len(paths):,} {'sampled ' if sample else ''}images listed in {source}"
         if absent:
-            missing.append(f"{len(absent):,} of {checked}, e.g. {absent[0]}")
-        else:
+            missing.append(f"{len(absent):,} of {checked}, e.g. {_examples(absent)}")
+        if empty:
+            missing.append(
+                f"non-empty files for {len(empty):,} of {checked} (zero bytes), "
+                f"e.g. {_examples(empty)}"
+            )
+        if not absent and not empty:
             notes.append(f"all {checked} exist")
     return missing, notes
 

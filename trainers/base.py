@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptdiff.backbone import cast_for_precision, load_clip
+from promptdiff.backbone import cast_for_precision, check_input_size, load_clip
 from promptdiff.host import TrainerX, build_lr_scheduler, build_optimizer, load_checkpoint, log
 
 PRECISIONS = ("fp16", "fp32", "amp")
@@ -41,6 +41,7 @@ class ClipPromptTrainer(TrainerX):
         classnames = self.dm.dataset.classnames
         log(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH, self.device)
+        check_input_size(clip_model, cfg.INPUT.SIZE)
         self.prec = cast_for_precision(clip_model, trainer_cfg(cfg, self.CFG_KEY).PREC, self.device)
         log("Building custom CLIP")
         log("Turning off gradients in both the image and the text encoder")

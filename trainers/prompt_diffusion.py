@@ -20,6 +20,12 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from promptdiff.backbone.encoders import embed_dim
 from promptdiff.diffusion import (
+    FORMULATIONS,
+    OPTIMIZERS,
+    PREDICTIONS,
+    SAMPLERS,
+    SCHEDULES,
+    TARGET_MODES,
     PromptDiffusion,
     overfit_per_sample,
     prompt_to_target,
@@ -80,11 +86,16 @@ class PromptDiffusionMixin:
     def check_cfg(self, cfg) -> None:
         super().check_cfg(cfg)
         pd = cfg.TRAINER.PD
-        checks = {
-            "TARGET": ("residual", "absolute"),
-            "OVERFIT_OPTIM": ("sgd", "adam"),
+        # the diffusion core's own name lists, so a new sampler or schedule needs no edit here
+        choices = {
+            "TARGET": TARGET_MODES,
+            "OVERFIT_OPTIM": OPTIMIZERS,
+            "FORMULATION": FORMULATIONS,
+            "SCHEDULE": SCHEDULES,
+            "PREDICTION": PREDICTIONS,
+            "SAMPLER": tuple(SAMPLERS),
         }
-        for key, allowed in checks.items():
+        for key, allowed in choices.items():
             if pd[key] not in allowed:
                 raise ValueError(
                     f"TRAINER.PD.{key} {pd[key]!r} is unknown; use one of {', '.join(allowed)}."
@@ -103,20 +114,54 @@ class PromptDiffusionMixin:
                 raise ValueError(
                     f"TRAINER.PD.OVERFIT_LR {pd.OVERFIT_LR!r} must be a positive number or auto."
                 )
-        if pd.BATCH_SIZE < 0:
+        if pd.FORMULATION == "flow" and pd.PREDICTION == "eps":
             raise ValueError(
-                f"TRAINER.PD.BATCH_SIZE must be >= 0 (got {pd.BATCH_SIZE}; 0 = as stage 1)."
+                "TRAINER.PD.PREDICTION 'eps' does not work with TRAINER.PD.FORMULATION 'flow' "
+                "(x0 is undefined at pure noise); use PREDICTION x0 or v."
             )
-        for key in ("STEPS", "NUM_SAMPLES"):
-            if pd[key] < 1:
-                raise ValueError(f"TRAINER.PD.{key} must be >= 1 (got {pd[key]}).")
-        if pd.OVERFIT_STEPS < 0:
-            raise ValueError(f"TRAINER.PD.OVERFIT_STEPS must be >= 0 (got {pd.OVERFIT_STEPS}).")
+        minimum = {
+            "BATCH_SIZE": 0,
+            "STEPS": 1,
+            "NUM_SAMPLES": 1,
+            "OVERFIT_STEPS": 0,
+            "TIMESTEPS": 1,
+            "DEPTH": 1,
+            "WIDTH": 1,
+            "HEADS": 1,
+            "DIFFUSE_LAYERS": 0,
+            "TEXT_CHUNK": 0,
+            "WEIGHT_DECAY": 0,
+            "DIFF_WEIGHT": 0,
+            "CE_WEIGHT": 0,
+        }
+        for key, low in minimum.items():
+            if pd[key] < low:
+                raise ValueError(f"TRAINER.PD.{key} must be >= {low} (got {pd[key]}).")
+        if not pd.LR > 0:
+            raise ValueError(f"TRAINER.PD.LR must be > 0 (got {pd.LR}).")
+        for key in ("EMA", "DROPOUT"):
+            if not 0 <= pd[key] < 1:
+                raise ValueError(f"TRAINER.PD.{key} must lie in [0, 1) (got {pd[key]}).")
+        if pd.WIDTH % pd.HEADS:
+            raise ValueError(
+                f"TRAINER.PD.WIDTH {pd.WIDTH} must be divisible by TRAINER.PD.HEADS {pd.HEADS}."
+            )
+        if pd.FORMULATION == "vp" and pd.STEPS > pd.TIMESTEPS:
+            raise ValueError(
+                f"TRAINER.PD.STEPS {pd.STEPS} exceeds TRAINER.PD.TIMESTEPS {pd.TIMESTEPS}; a vp "
+                f"schedule has at most TIMESTEPS sampling steps."
+            )
         s1 = self.stage1_epochs(cfg)
         if not 0 <= s1 <= cfg.OPTIM.MAX_EPOCH:
             raise ValueError(
                 f"TRAINER.PD.STAGE1_EPOCHS {pd.STAGE1_EPOCHS} must lie in 0..OPTIM.MAX_EPOCH "
                 f"({cfg.OPTIM.MAX_EPOCH}), or be -1 for the default split."
+            )
+        if pd.OVERFIT_STEPS == 0 and s1 < cfg.OPTIM.MAX_EPOCH:
+            raise ValueError(
+                "TRAINER.PD.OVERFIT_STEPS 0 leaves stage 2 nothing to learn (every over-fitted "
+                "prompt equals the base prompt); use >= 1, or set TRAINER.PD.STAGE1_EPOCHS to "
+                "OPTIM.MAX_EPOCH to train the baseline only."
             )
 
     @staticmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from promptdiff.backbone import cast_for_precision, load_clip
+from promptdiff.backbone import cast_for_precision, check_input_size, load_clip
 from promptdiff.backbone.encoders import encode_image, encode_text_tokens
 from promptdiff.backbone.prompts import tokenize
 from promptdiff.host import TRAINER_REGISTRY, TrainerX, log
@@ -37,6 +37,7 @@ class ZeroshotCLIP(TrainerX):
     def build_model(self) -> None:
         cfg = self.cfg
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH, self.device)
+        check_input_size(clip_model, cfg.INPUT.SIZE)
         cast_for_precision(clip_model, cfg.TRAINER.ZSCLIP.PREC, self.device)
         template = CUSTOM_TEMPLATES.get(cfg.DATASET.NAME, DEFAULT_TEMPLATE)
         prompts = [template.format(c.replace("_", " ")) for c in self.dm.dataset.classnames]

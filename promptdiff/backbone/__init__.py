@@ -3,6 +3,7 @@
 from promptdiff.backbone.loader import (
     WeightsError,
     cast_for_precision,
+    check_input_size,
     load_clip,
     read_state_dict,
     resolve_weights,
@@ -13,6 +14,7 @@ from promptdiff.backbone.loader import (
 __all__ = [
     "WeightsError",
     "cast_for_precision",
+    "check_input_size",
     "load_clip",
     "read_state_dict",
     "resolve_weights",

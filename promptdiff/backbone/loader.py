@@ -88,6 +88,16 @@ def load_clip(backbone: str, path: str = "", device: str | torch.device = "cpu")
     return model.to(device).eval()
 
 
+def check_input_size(model: nn.Module, size) -> None:
+    """INPUT.SIZE must equal the image encoder's resolution (its positional embedding is fixed)."""
+    res = int(model.visual.input_resolution)
+    if tuple(int(n) for n in size) != (res, res):
+        raise ValueError(
+            f"INPUT.SIZE {tuple(size)} does not match the backbone's input resolution {res}x{res} "
+            f"(MODEL.BACKBONE); set INPUT.SIZE ({res}, {res})."
+        )
+
+
 def tiny_clip(
     seed: int = 0,
     embed_dim: int = 32,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import yaml
 from yacs.config import CfgNode as CN
 
 
@@ -120,6 +121,18 @@ def merge_file(cfg: CN, path: str) -> None:
         raise ConfigError(f"Config file {path!r} does not exist; check the path.")
     try:
         cfg.merge_from_file(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(
+            f"Config file {path!r}{where} is not valid YAML ({problem}); fix the syntax there."
+        ) from exc
+    except (AttributeError, TypeError) as exc:
+        raise ConfigError(
+            f"Config file {path!r} must hold nested 'KEY: value' mappings (as in configs/); "
+            f"it holds something else."
+        ) from exc
     except (KeyError, ValueError, AssertionError) as exc:
         raise ConfigError(
             f"Config file {path!r}: {_describe_key_error(exc)}; fix or remove that entry "

@@ -169,9 +169,21 @@ def build_transform(cfg, is_train: bool = True) -> T.Compose:
     return T.Compose([t for t, _ in steps])
 
 
+class ImageReadError(ValueError):
+    """An image in the data cannot be opened or decoded."""
+
+
 def read_image(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    """The image as RGB; a truncated, non-image or unreadable file is one ImageReadError."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ImageReadError(
+            f"Image {path} cannot be read ({reason}); replace it or remove it from the data "
+            f"(tools/check_dataset.py finds missing and empty files)."
+        ) from exc
 
 
 class DatasetWrapper(Dataset):

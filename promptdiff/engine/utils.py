@@ -95,7 +95,7 @@ def progress(iterable, desc: str = "", total: int | None = None):
 
 
 # what a command line reports as one `error:` line (bad input), not as a traceback
-USER_ERRORS = (KeyError, ValueError, FileNotFoundError, RuntimeError, ImportError)
+USER_ERRORS = (KeyError, ValueError, FileNotFoundError, PermissionError, RuntimeError, ImportError)
 
 
 def report_error(exc: BaseException) -> int:
@@ -104,6 +104,9 @@ def report_error(exc: BaseException) -> int:
     if os.environ.get("PROMPTDIFF_DEBUG"):
         raise exc
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    if "Original Traceback" in msg:
+        # a DataLoader worker's error carries the worker's traceback; its last line is the sentence
+        msg = msg.strip().splitlines()[-1].partition(": ")[2] or msg
     print(f"error: {msg}", file=sys.stderr)
     return 1
 
