@@ -56,6 +56,15 @@ out, coop, coop_eval, diff, diff_eval = sys.argv[1], *json.loads(sys.argv[2])
 for args in (coop, coop_eval, diff, diff_eval):
     assert train.cli(["--host", "dassl", *args]) == 0, args
 
+# upstream Dassl's own loader reads a checkpoint of the built-in engine
+from dassl.utils import load_checkpoint as dassl_load
+from promptdiff.engine.checkpoint import load_checkpoint
+builtin = os.path.join(out, "builtin", "prompt_learner", "model.pth.tar-2")
+theirs, ours = dassl_load(builtin), load_checkpoint(builtin)
+reads_builtin = theirs["epoch"] == 2 and torch.equal(
+    theirs["state_dict"]["ctx"], ours["state_dict"]["ctx"]
+)
+
 # evaluating twice gives the same generated prompts: test() resets the sampling noise
 from promptdiff.host import build_trainer, set_random_seed
 cfg = train.setup_cfg(train.build_parser().parse_args(diff_eval))
@@ -68,7 +77,7 @@ trainer.test()
 n = len(outputs)
 trainer.test()
 same = all(torch.equal(a, b) for a, b in zip(outputs[:n], outputs[n:]))
-print(json.dumps({"same_noise": same, "batches": n}))
+print(json.dumps({"same_noise": same, "batches": n, "reads_builtin": reads_builtin}))
 """
 
 
@@ -99,6 +108,8 @@ def test_dassl_host_trains_evaluates_and_reloads_coop_and_coopdiff(
         args("diff", "CoOpDiff", *pd),
         evaluate("diff_eval", "diff", "CoOpDiff", *pd),
     ]
+    # the built-in engine first, same seed and options
+    assert cli(args("builtin", "CoOp")) == 0
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (UPSTREAM, os.path.join(UPSTREAM, "stubs"), env.get("PYTHONPATH")) if p
@@ -110,10 +121,9 @@ def test_dassl_host_trains_evaluates_and_reloads_coop_and_coopdiff(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["batches"] >= 1 and report["same_noise"]
+    assert report["batches"] >= 1 and report["same_noise"] and report["reads_builtin"]
 
-    # the built-in engine, same seed and options: the same final prompt and accuracy
-    assert cli(args("builtin", "CoOp")) == 0
+    # the same final prompt and accuracy under both hosts
     ctx = {
         name: load_checkpoint(f"{out}/{name}/prompt_learner/model.pth.tar-2")["state_dict"]["ctx"]
         for name in ("coop", "builtin")
@@ -129,6 +139,11 @@ def test_dassl_host_trains_evaluates_and_reloads_coop_and_coopdiff(
     # the project's logger writes into Dassl's log.txt (WILDS' logging.disable is undone)
     with open(f"{out}/coop_eval/log.txt") as f:
         assert "read tensors and plain values only" in f.read()
+
+
+def test_seed_zero_is_kept():
+    # upstream's train.py tests `if args.seed:`, which drops --seed 0
+    assert setup_cfg(build_parser().parse_args(["--seed", "0"])).SEED == 0
 
 
 # ---- 2. upstream checkpoints load without arbitrary unpickling --------------------------------
