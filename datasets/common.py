@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 
 from promptdiff.host import DatasetBase, Datum, log, mkdir_if_missing, read_json, write_json
@@ -58,16 +59,19 @@ def require_file(path: str, what: str = "file") -> str:
     return path
 
 
-def listdir_nohidden(path: str, sort: bool = True) -> list[str]:
-    """Entries of a folder without hidden files; sorted, so generated splits do not depend on the
-    file system's listing order (upstream uses the raw os.listdir order)."""
+LIST_ORDERS = ("listdir", "sorted")
+
+
+def listdir_nohidden(path: str, sort: bool = False) -> list[str]:
+    """Entries of a folder without hidden files, in raw os.listdir order (as upstream) or sorted."""
     items = [f for f in os.listdir(path) if not f.startswith(".")]
     return sorted(items) if sort else items
 
 
-def list_images(folder: str) -> list[str]:
-    """Image file names in a class folder (by extension); notes, archives etc. are ignored."""
-    return [f for f in listdir_nohidden(folder) if is_image_file(f)]
+def list_images(folder: str, sort: bool = False) -> list[str]:
+    """Image file names in a class folder (by extension); notes, archives etc. are ignored.
+    Raw listing order (upstream's) unless `sort`."""
+    return [f for f in listdir_nohidden(folder, sort) if is_image_file(f)]
 
 
 def check_images(paths: list[str], source: str, fix: str = "") -> None:
@@ -129,6 +133,16 @@ def read_split_file(filepath: str, keys: tuple[str, ...]) -> dict[str, list]:
                     f"classes of its {keys[0]} list (0..{num_classes - 1})",
                 )
     return split
+
+
+def sorted_listing(cfg) -> bool:
+    """Whether DATASET.LIST_ORDER asks for sorted image lists ("sorted") or upstream's raw order."""
+    order = cfg.DATASET.LIST_ORDER
+    if order not in LIST_ORDERS:
+        raise ValueError(
+            f"DATASET.LIST_ORDER {order!r} is unknown; use listdir (upstream's order) or sorted."
+        )
+    return order == "sorted"
 
 
 def make_datum(
@@ -211,14 +225,16 @@ def read_and_split_data(
     p_val: float = 0.2,
     ignored: tuple = (),
     new_cnames: dict | None = None,
+    sort: bool = False,
 ) -> tuple[list, list, list]:
-    """Folder-per-class split: per class `random.shuffle`, then 50/20/30 (upstream RNG order)."""
+    """Folder-per-class split: per class `random.shuffle`, then 50/20/30 (upstream RNG order);
+    class folders are sorted, their images listed in raw order unless `sort`."""
     require_dir(image_dir, "image folder")
     categories = sorted(c for c in listdir_nohidden(image_dir) if c not in ignored)
     train, val, test = [], [], []
     for label, category in enumerate(categories):
         category_dir = os.path.join(image_dir, category)
-        images = [os.path.join(category_dir, im) for im in list_images(category_dir)]
+        images = [os.path.join(category_dir, im) for im in list_images(category_dir, sort)]
         random.shuffle(images)
         n_total = len(images)
         n_train = round(n_total * p_trn)
@@ -256,6 +272,53 @@ def split_trainval(trainval: list, p_val: float = 0.2) -> tuple[list, list]:
         for n, idx in enumerate(idxs):
             (val if n < n_val else train).append(trainval[idx])
     return train, val
+
+
+class _UpstreamDatum:
+    """What an upstream cache's pickled dassl Datum unpickles to: its attributes, nothing run."""
+
+    def __setstate__(self, state: dict) -> None:
+        self.state = dict(state)
+
+
+class _UpstreamCacheUnpickler(pickle.Unpickler):
+    """Reads upstream's split_fewshot/*.pkl ({"train": [Datum], "val": [Datum]}) and refuses any
+    other class, so a cache file cannot run code."""
+
+    def find_class(self, module: str, name: str):
+        module = {"copy_reg": "copyreg", "__builtin__": "builtins"}.get(module, module)
+        allowed = {
+            ("dassl.data.datasets.base_dataset", "Datum"): _UpstreamDatum,
+            ("copyreg", "_reconstructor"): _reconstruct,  # pickle protocols 0 and 1
+            ("builtins", "object"): object,
+        }
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not a Dassl Datum")
+        return allowed[(module, name)]
+
+
+def _reconstruct(cls, base, state):
+    if cls is not _UpstreamDatum:
+        raise pickle.UnpicklingError(f"{cls} is not a Dassl Datum")
+    return _UpstreamDatum()
+
+
+def read_upstream_fewshot(path: str) -> tuple[list, list]:
+    """Upstream CoOp's few-shot cache as (train, val) lists of this project's Datum."""
+    try:
+        with open(path, "rb") as f:
+            data = _UpstreamCacheUnpickler(f).load()
+        pairs = [(key, item.state) for key in ("train", "val") for item in data[key]]
+        fields = [(key, s["_impath"], int(s["_label"]), s["_classname"]) for key, s in pairs]
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"Few-shot cache {path} is not upstream's {{'train': [Datum], 'val': [Datum]}} "
+            f"({exc}); delete it to draw the subset again."
+        ) from exc
+    out = {"train": [], "val": []}
+    for key, impath, label, classname in fields:
+        out[key].append(make_datum(impath, label, classname, path))
+    return out["train"], out["val"]
 
 
 def subsample_classes(*args, subsample: str = "all"):
@@ -303,6 +366,7 @@ class CoOpDataset(DatasetBase):
     NEW_CNAMES: dict | None = None
 
     def __init__(self, cfg):
+        self.sort_listing = sorted_listing(cfg)
         self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
         self.image_dir = self.dataset_dir
         if self.image_subdir:
@@ -322,7 +386,9 @@ class CoOpDataset(DatasetBase):
 
     def build_split(self) -> tuple[list, list, list]:
         """The split when no split file exists: by default 50/20/30 per class folder."""
-        return read_and_split_data(self.image_dir, ignored=self.IGNORED, new_cnames=self.NEW_CNAMES)
+        return read_and_split_data(
+            self.image_dir, ignored=self.IGNORED, new_cnames=self.NEW_CNAMES, sort=self.sort_listing
+        )
 
     def finalize(self, cfg, train: list, val: list, test: list) -> None:
         """Apply DATASET.NUM_SHOTS (cached per shots and seed) and SUBSAMPLE_CLASSES, then init."""
@@ -334,16 +400,28 @@ class CoOpDataset(DatasetBase):
         )
         super().__init__(train_x=train, val=val, test=test)
 
-    def fewshot_cache_path(self, cfg, num_shots: int) -> str:
-        """Where the few-shot subset for (shots, seed) is cached: <dataset folder>/split_fewshot/."""
+    def fewshot_cache_path(self, cfg, num_shots: int, ext: str = ".json") -> str:
+        """Where the few-shot subset for (shots, seed) is cached: <dataset folder>/split_fewshot/
+        (ext ".pkl": where upstream CoOp caches it)."""
         return os.path.join(
-            self.dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{cfg.SEED}.json"
+            self.dataset_dir, "split_fewshot", f"shot_{num_shots}-seed_{cfg.SEED}{ext}"
+        )
+
+    def has_fewshot_cache(self, cfg, num_shots: int) -> bool:
+        return any(
+            os.path.isfile(self.fewshot_cache_path(cfg, num_shots, ext))
+            for ext in (".json", ".pkl")
         )
 
     def fewshot(self, cfg, train: list, val: list, num_shots: int) -> tuple[list, list]:
-        """Load the cached subset for (shots, seed) or draw it (train first, then val with min(K, 4))."""
+        """Load the cached subset for (shots, seed) (this project's .json, else upstream's .pkl) or
+        draw it (train first, then val with min(K, 4))."""
         cache = self.fewshot_cache_path(cfg, num_shots)
         prefix = self.dataset_dir
+        upstream = self.fewshot_cache_path(cfg, num_shots, ".pkl")
+        if not os.path.isfile(cache) and os.path.isfile(upstream):
+            log(f"Loading preprocessed few-shot data from {upstream}")
+            return read_upstream_fewshot(upstream)
         if os.path.isfile(cache):
             log(f"Loading preprocessed few-shot data from {cache}")
             data = read_split_file(cache, ("train", "val"))

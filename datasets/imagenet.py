@@ -8,6 +8,7 @@ from datasets.common import (
     listdir_nohidden,
     require_dir,
     require_file,
+    sorted_listing,
     subsample_classes,
 )
 from promptdiff.host import DATASET_REGISTRY, DatasetBase, Datum, log
@@ -38,9 +39,14 @@ def find_classnames(root: str, dataset_dir: str) -> str:
 
 
 def read_class_folders(
-    image_dir: str, classnames: dict, text_file: str, all_classes: bool = True
+    image_dir: str,
+    classnames: dict,
+    text_file: str,
+    all_classes: bool = True,
+    sort: bool = False,
 ) -> tuple[list, list]:
-    """The <wnid> class folders of image_dir and their images: (sorted folders, items).
+    """The <wnid> class folders of image_dir and their images: (sorted folders, items); the
+    images in each folder in raw listing order unless `sort` (DATASET.LIST_ORDER).
 
     all_classes: every class of text_file must have a folder, and labels are positions in the
     class list (its wnids sorted, which is upstream's sorted-folder order on a complete dataset),
@@ -48,7 +54,9 @@ def read_class_folders(
     are a 200-class subset) the folders present are the classes, labelled in sorted order.
     """
     require_dir(image_dir, "image folder")
-    folders = [d for d in listdir_nohidden(image_dir) if os.path.isdir(os.path.join(image_dir, d))]
+    folders = [
+        d for d in listdir_nohidden(image_dir, True) if os.path.isdir(os.path.join(image_dir, d))
+    ]
     if not folders:
         raise FileNotFoundError(
             f"The image folder {image_dir} has no class folders; arrange its images into one "
@@ -74,7 +82,7 @@ def read_class_folders(
     items = []
     for folder in folders:
         folder_dir = os.path.join(image_dir, folder)
-        for imname in list_images(folder_dir):
+        for imname in list_images(folder_dir, sort):
             items.append(
                 Datum(
                     impath=os.path.join(folder_dir, imname),
@@ -95,6 +103,7 @@ class ImageNetTestOnly(DatasetBase):
     ALL_CLASSES = True  # False: the folders are a subset of classnames.txt (ImageNet-A/-R)
 
     def __init__(self, cfg):
+        self.sort_listing = sorted_listing(cfg)
         self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
         self.image_dir = require_dir(
             os.path.join(self.dataset_dir, self.image_subdir), "image folder"
@@ -109,7 +118,9 @@ class ImageNetTestOnly(DatasetBase):
         super().__init__(train_x=data, test=data)
 
     def read_data(self, classnames: dict, text_file: str) -> list:
-        return read_class_folders(self.image_dir, classnames, text_file, self.ALL_CLASSES)[1]
+        return read_class_folders(
+            self.image_dir, classnames, text_file, self.ALL_CLASSES, self.sort_listing
+        )[1]
 
 
 @DATASET_REGISTRY.register()
@@ -120,6 +131,7 @@ class ImageNet(CoOpDataset):
     dataset_dir = "imagenet"
 
     def __init__(self, cfg):
+        self.sort_listing = sorted_listing(cfg)
         self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
         self.image_dir = require_dir(os.path.join(self.dataset_dir, "images"))
         train_dir = require_dir(os.path.join(self.image_dir, "train"), "image folder")
@@ -128,12 +140,14 @@ class ImageNet(CoOpDataset):
         )
         classnames = read_classnames(text_file)
         val_dir = os.path.join(self.image_dir, "val")
-        val_folders, test = read_class_folders(val_dir, classnames, text_file)
+        val_folders, test = read_class_folders(val_dir, classnames, text_file, self.sort_listing)
         num_shots = cfg.DATASET.NUM_SHOTS
-        if num_shots >= 1 and os.path.isfile(self.fewshot_cache_path(cfg, num_shots)):
+        if num_shots >= 1 and self.has_fewshot_cache(cfg, num_shots):
             train = []  # the cached subset is loaded below; no need to list all training images
         else:
-            train_folders, train = read_class_folders(train_dir, classnames, text_file)
+            train_folders, train = read_class_folders(
+                train_dir, classnames, text_file, self.sort_listing
+            )
             if train_folders != val_folders:
                 raise ValueError(
                     f"{train_dir} has {len(train_folders)} class folders but {val_dir} has "

@@ -17,7 +17,7 @@ class ImageNetV2(ImageNetTestOnly):
         items = []
         for label, classname in enumerate(classnames.values()):
             class_dir = require_dir(os.path.join(self.image_dir, str(label)), "class folder")
-            for imname in list_images(class_dir):
+            for imname in list_images(class_dir, self.sort_listing):
                 items.append(
                     Datum(impath=os.path.join(class_dir, imname), label=label, classname=classname)
                 )

@@ -43,17 +43,19 @@ class UCF101(CoOpDataset):
             return [line.strip() for line in f if line.strip()]
 
     def read_data(self, cname2lab: dict, text_file: str) -> list:
-        """Lines "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi[ 1]" -> the video's .jpg frame."""
+        """Lines "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi[ 1]" -> the video's .jpg frame, which
+        lies in the renamed action's folder (Apply_Eye_Makeup/v_ApplyEyeMakeup_g08_c01.jpg)."""
         source = os.path.join(self.dataset_dir, "ucfTrainTestlist", text_file)
         items = []
         for line in self.read_lines(text_file):
             action, filename = line.split(" ")[0].split("/")
-            impath = os.path.join(self.image_dir, action, filename.replace(".avi", ".jpg"))
+            classname = action_to_classname(action)
+            impath = os.path.join(self.image_dir, classname, filename.replace(".avi", ".jpg"))
             items.append(
                 make_datum(
                     impath,
                     cname2lab[action],
-                    action_to_classname(action),
+                    classname,
                     source,
                     regenerable=False,
                 )

@@ -5,8 +5,24 @@ from __future__ import annotations
 from yacs.config import CfgNode as CN
 
 
+def add_missing_defaults(cfg: CN, defaults: CN) -> None:
+    """Copy into cfg every key of `defaults` it lacks (recursively); existing keys are kept."""
+    for key, value in defaults.items():
+        if key not in cfg:
+            cfg[key] = value.clone() if isinstance(value, CN) else value
+        elif isinstance(value, CN) and isinstance(cfg[key], CN):
+            add_missing_defaults(cfg[key], value)
+
+
 def extend_cfg(cfg: CN) -> CN:
-    """Add every trainer key to a default config (train.py does this before merging files)."""
+    """Add every trainer key to a default config (train.py does this before merging files).
+
+    A real Dassl's defaults lack the project's own keys (MODEL.BACKBONE.PATH, DATASET.LIST_ORDER;
+    DATASET.SUBSAMPLE_CLASSES, which upstream CoOp adds itself): they come from the built-in ones.
+    """
+    from promptdiff.engine.config import get_cfg_default
+
+    add_missing_defaults(cfg, get_cfg_default())
     cfg.TRAINER.COOP = CN()
     cfg.TRAINER.COOP.N_CTX = 16
     cfg.TRAINER.COOP.CSC = False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from functools import cache
 
 import numpy as np
@@ -267,7 +268,8 @@ def make_eurosat(root: str, n_classes: int = 5, n_per_class: int = 20) -> str:
 
 
 def make_ucf101(root: str, n_classes: int = 5, n_per_class: int = 20) -> str:
-    """ucf101/UCF-101-midframes/<Action>/v_<Action>_gNN_cNN.jpg and ucfTrainTestlist/ with
+    """ucf101/UCF-101-midframes/<Renamed_Action>/v_<Action>_gNN_cNN.jpg (upstream's frame folders
+    carry the renamed action, e.g. Apply_Eye_Makeup) and ucfTrainTestlist/ with
     classInd.txt, trainlist01.txt (n_per_class per action, "path label") and testlist01.txt
     (n_per_class // 4, at least 1, "path"); CRLF line endings as in the official files."""
     actions = _take(UCF_ACTIONS, n_classes)
@@ -283,7 +285,8 @@ def make_ucf101(root: str, n_classes: int = 5, n_per_class: int = 20) -> str:
         rows = []
         for i, c in enumerate(_interleaved(n_classes, n)):
             video = f"v_{actions[c]}_g{group0 + i // n_classes:02d}_c01"
-            write_image(os.path.join(base, "UCF-101-midframes", actions[c], video + ".jpg"))
+            folder = "_".join(re.findall("[A-Z][^A-Z]*", actions[c]))
+            write_image(os.path.join(base, "UCF-101-midframes", folder, video + ".jpg"))
             row = f"{actions[c]}/{video}.avi"
             rows.append(f"{row} {c + 1}" if name.startswith("train") else row)
         _write_lines(os.path.join(lists, name), rows, "\r\n")

@@ -18,11 +18,10 @@ class CoOpPromptLearner(nn.Module):
 
     def __init__(self, opts, classnames: list[str], clip_model: nn.Module):
         super().__init__()
-        vectors, prefix_text = context_init(clip_model, opts.CTX_INIT, opts.N_CTX)
-        n_ctx = vectors.shape[0]
-        if opts.CSC and not opts.CTX_INIT:
-            vectors = torch.empty(len(classnames), n_ctx, vectors.shape[-1])
-            nn.init.normal_(vectors, std=0.02)
+        n_classes = len(classnames) if opts.CSC else 0
+        vectors, prefix_text = context_init(clip_model, opts.CTX_INIT, opts.N_CTX, n_classes)
+        n_ctx = vectors.shape[-2]
+        if vectors.dim() == 3:
             log("Initializing class-specific contexts")
         log(f'Initial context: "{prefix_text}"')
         log(f"Number of context words (tokens): {n_ctx}")

@@ -4,15 +4,19 @@ CLIP's image encoder, a fixed hand-written text prompt.
 Prompts [depth, n, Dv] (initialised N(0, 0.02)): layer 0 is appended after the patch tokens, layer
 i in 1..depth-1 replaces the previous layer's prompt tokens before image block i (see
 promptdiff/backbone/encoders.py). The text side is "<CTX_INIT> <class>." ("a photo of a" when
-CTX_INIT is empty); since the text encoder is frozen and nothing textual is learned, its class
-features are computed once when the model is built.
+CTX_INIT is empty; upstream always uses "a photo of a", the default of CTX_INIT); since the text
+encoder is frozen and nothing textual is learned, its class features are computed once when the
+model is built.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from promptdiff.backbone.encoders import (
     encode_image,
@@ -20,6 +24,7 @@ from promptdiff.backbone.encoders import (
     vision_layers,
     vision_width,
 )
+from promptdiff.backbone.loader import _clip
 from promptdiff.backbone.prompts import tokenize
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.base import ClipPromptTrainer, logits_from_features
@@ -28,10 +33,44 @@ from trainers.prompt_diffusion import PromptDiffusionMixin
 DEFAULT_TEMPLATE = "a photo of a"
 
 
-class VPTPromptLearner(nn.Module):
-    """The deep vision prompts [depth, n, Dv]."""
+@contextlib.contextmanager
+def upstream_prompt_draws(depth: int, n_ctx: int):
+    """While CLIP is built, draw the VPT prompts where upstream's CLIP fork draws them, so a seed
+    gives upstream's initial prompts: layer 0 right after the vision patch embedding, layer i
+    (0 < i < depth) at the end of vision block i; yields the list the layers are appended to."""
+    clip_model = _clip().model
+    drawn: list[torch.Tensor] = []
+    blocks = []
 
-    def __init__(self, opts, clip_model: nn.Module):
+    def draw(width: int) -> None:
+        vectors = torch.empty(n_ctx, width)
+        nn.init.normal_(vectors, std=0.02)
+        drawn.append(vectors)
+
+    def hook(module: nn.Module, name: str, submodule: nn.Module) -> None:
+        if name == "visual":  # the vision tower is complete
+            blocks.append(None)
+        elif None in blocks:
+            return
+        elif name == "conv1" and isinstance(module, clip_model.VisionTransformer):
+            draw(submodule.out_channels)
+        elif name == "ln_2" and isinstance(module, clip_model.ResidualAttentionBlock):
+            blocks.append(module)
+            if 1 < len(blocks) <= depth:
+                draw(submodule.normalized_shape[0])
+
+    handle = register_module_module_registration_hook(hook)
+    try:
+        yield drawn
+    finally:
+        handle.remove()
+
+
+class VPTPromptLearner(nn.Module):
+    """The deep vision prompts [depth, n, Dv]; `initial` (one [n, Dv] tensor per layer) comes from
+    upstream_prompt_draws, otherwise they are drawn here."""
+
+    def __init__(self, opts, clip_model: nn.Module, initial: list[torch.Tensor] | None = None):
         super().__init__()
         depth, n_ctx = opts.PROMPT_DEPTH_VISION, opts.N_CTX_VISION
         n_layers = vision_layers(clip_model)  # also rejects non-ViT backbones in one sentence
@@ -42,8 +81,11 @@ class VPTPromptLearner(nn.Module):
             )
         if n_ctx < 1:
             raise ValueError(f"TRAINER.VPT.N_CTX_VISION must be >= 1 (got {n_ctx}).")
-        vectors = torch.empty(depth, n_ctx, vision_width(clip_model))
-        nn.init.normal_(vectors, std=0.02)
+        if initial is not None and len(initial) == depth:
+            vectors = torch.stack(initial)
+        else:
+            vectors = torch.empty(depth, n_ctx, vision_width(clip_model))
+            nn.init.normal_(vectors, std=0.02)
         self.ctx = nn.Parameter(vectors)
         log(f"Vision prompts: {n_ctx} tokens at each of {depth} layers")
 
@@ -111,9 +153,15 @@ class VPT(ClipPromptTrainer):
 
     CFG_KEY = "VPT"
 
+    def build_model(self) -> None:
+        opts = self.cfg.TRAINER.VPT
+        with upstream_prompt_draws(opts.PROMPT_DEPTH_VISION, opts.N_CTX_VISION) as drawn:
+            self.initial_prompts = drawn
+            super().build_model()
+
     def build_prompt_model(self, cfg, classnames, clip_model):
         opts = cfg.TRAINER.VPT
-        learner = VPTPromptLearner(opts, clip_model)
+        learner = VPTPromptLearner(opts, clip_model, self.initial_prompts)
         template = opts.CTX_INIT.replace("_", " ").strip() or DEFAULT_TEMPLATE
         return VisionPromptedCLIP(
             learner, clip_model, classnames, template, cfg.TRAINER.PD.DIFFUSE_LAYERS

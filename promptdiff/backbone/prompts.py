@@ -23,9 +23,13 @@ def tokenize(texts: list[str]) -> torch.Tensor:
     return _clip().tokenize(texts)
 
 
-def context_init(clip_model: nn.Module, ctx_init: str, n_ctx: int) -> tuple[torch.Tensor, str]:
+def context_init(
+    clip_model: nn.Module, ctx_init: str, n_ctx: int, n_classes: int = 0
+) -> tuple[torch.Tensor, str]:
     """Context vectors [M, D] and the text they stand for: CTX_INIT's word embeddings (M = its
-    word count) or N(0, 0.02) noise with "X" placeholders, as CoOp initialises them."""
+    word count) or N(0, 0.02) noise with "X" placeholders, as CoOp initialises them. With
+    n_classes > 0 and no CTX_INIT the noise is class-specific [C, M, D] (CoOp's CSC), drawn in
+    one call as upstream does, so a seed gives upstream's initial context."""
     width = clip_model.ln_final.weight.shape[0]
     if ctx_init:
         ctx_init = ctx_init.replace("_", " ")
@@ -37,7 +41,7 @@ def context_init(clip_model: nn.Module, ctx_init: str, n_ctx: int) -> tuple[torc
         return emb[0, 1 : 1 + n_ctx].detach().float().cpu(), ctx_init
     if n_ctx < 1:
         raise ValueError(f"N_CTX must be >= 1 when CTX_INIT is empty (got {n_ctx}).")
-    vectors = torch.empty(n_ctx, width)
+    vectors = torch.empty(*([n_classes] if n_classes > 0 else []), n_ctx, width)
     nn.init.normal_(vectors, std=0.02)
     return vectors, " ".join(["X"] * n_ctx)
 

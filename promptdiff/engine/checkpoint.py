@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 
 import numpy as np
 import torch
@@ -60,19 +61,103 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _Skipped:
+    """Stands in for a pickled object of a class outside the allow-list; dropped after loading."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+class _TensorsOnlyUnpickler(pickle.Unpickler):
+    """Builds tensors and plain containers; every other global becomes a _Skipped stand-in, so
+    unpickling never runs code outside this list."""
+
+    ALLOWED = {
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("torch", "Size"): torch.Size,
+        ("collections", "OrderedDict"): OrderedDict,
+        ("collections", "defaultdict"): defaultdict,
+        ("builtins", "dict"): dict,
+        ("builtins", "list"): list,
+        ("builtins", "set"): set,
+        ("builtins", "tuple"): tuple,
+    }
+    skipped: set[str] = set()
+
+    def find_class(self, module: str, name: str):
+        module = "builtins" if module == "__builtin__" else module  # protocol-2 files
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        self.skipped.add(f"{module}.{name}")
+        return type(name, (_Skipped,), {})
+
+
+class _TensorsOnlyPickle:
+    """The pickle_module torch.load is given for files weights_only refuses."""
+
+    Unpickler = _TensorsOnlyUnpickler
+
+    @staticmethod
+    def load(file, **kwargs):
+        return _TensorsOnlyUnpickler(file, **kwargs).load()
+
+
+def _drop_skipped(obj):
+    """Replace the _Skipped stand-ins inside dicts, lists and tuples by None."""
+    if isinstance(obj, _Skipped):
+        return None
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            obj[key] = _drop_skipped(value)
+    elif isinstance(obj, list):
+        obj[:] = [_drop_skipped(v) for v in obj]
+    elif isinstance(obj, tuple) and not isinstance(obj, torch.Size):
+        return tuple(_drop_skipped(v) for v in obj)
+    return obj
+
+
 def load_checkpoint(fpath: str) -> dict:
-    """Load a checkpoint with torch's safe defaults; a missing or broken file is one clear error."""
+    """Load a checkpoint without arbitrary unpickling; a missing or broken file is one clear error.
+
+    Files weights_only refuses (upstream Dassl pickles its warmup scheduler's `successor`, a torch
+    scheduler holding its optimizer) are read for their tensors and plain values only: any other
+    object becomes None, with one warning line naming the skipped classes.
+    """
     if not os.path.isfile(fpath):
         raise FileNotFoundError(
             f"Checkpoint {fpath} does not exist; check --model-dir and --load-epoch."
         )
     try:
-        return torch.load(fpath, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(fpath, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            _TensorsOnlyUnpickler.skipped = set()
+            ckpt = _drop_skipped(
+                torch.load(
+                    fpath, map_location="cpu", pickle_module=_TensorsOnlyPickle, weights_only=False
+                )
+            )
     except Exception as exc:
         raise RuntimeError(
             f"Cannot read checkpoint {fpath} ({type(exc).__name__}: {exc}); it is damaged or was "
-            f"not written by this project: retrain or point --model-dir elsewhere."
+            f"written by neither this project nor Dassl: retrain or point --model-dir elsewhere."
         ) from exc
+    if not isinstance(ckpt, dict):
+        raise RuntimeError(
+            f"Checkpoint {fpath} holds no dict of tensors; point --model-dir at a Dassl-style run."
+        )
+    logger.warning(
+        f"{fpath}: read tensors and plain values only; skipped pickled objects of "
+        f"{', '.join(sorted(_TensorsOnlyUnpickler.skipped))}."
+    )
+    return ckpt
 
 
 def last_checkpoint_name(directory: str) -> str | None:

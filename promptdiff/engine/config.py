@@ -41,6 +41,10 @@ def get_cfg_default() -> CN:
     _C.DATASET.NUM_SHOTS = -1
     _C.DATASET.VAL_PERCENT = 0.1
     _C.DATASET.SUBSAMPLE_CLASSES = "all"
+    # Image order inside a class folder before a split is generated or few-shot images are drawn:
+    # "listdir" = the file system's raw order, as upstream (same seed, same picks as upstream on
+    # the same disk); "sorted" = sorted names (the same picks on every machine).
+    _C.DATASET.LIST_ORDER = "listdir"
 
     _C.DATALOADER = CN()
     _C.DATALOADER.NUM_WORKERS = 4
