@@ -207,10 +207,10 @@ def run_protocols(root: str, output: str, trainers, seeds, protocols) -> None:
                         script(trainer, "xd_test", dataset, s, env=env)
 
 
-def tables(output: str, trainers, seeds, domains) -> str:
+def tables(output: str, trainers, seeds, domains, protocols=("base2new", "dg")) -> str:
     """The base2new and dg tables (mean ± std over seeds) as Markdown."""
     out = []
-    for protocol in ("base2new", "dg"):
+    for protocol in protocols:
         cmd = [
             sys.executable,
             os.path.join(ROOT, "tools/results_table.py"),
