@@ -13,7 +13,8 @@ training needs three things, each done once here:
   touched.
 - Same gradient on every rank. After backward, `all_reduce_grads` averages the gradients of the
   parameters that are about to be stepped (one flat all-reduce per step), which is what DDP's
-  reducer computes. The modules are deliberately not wrapped in `DistributedDataParallel`: the
+  reducer computes. Buffers a forward pass updates (the denoiser's running target statistics)
+  are then taken from rank 0, as DDP's default broadcast_buffers does. The modules are deliberately not wrapped in `DistributedDataParallel`: the
   trainers never call the trainable module's forward (CoOp's forward is the frozen CLIP's, and
   the diffusion mixin calls model.condition / base_prompt / logits_for), while DDP only arms its
   gradient hooks inside the wrapped module's forward; and a parameter unused in a step (None
@@ -170,13 +171,18 @@ def begin_epoch(loader, epoch: int, seed: int) -> None:
         torch.manual_seed(s)
 
 
-def broadcast_modules(modules: Iterable[torch.nn.Module]) -> None:
-    """Copy rank 0's parameters and buffers into every rank's modules."""
+def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
+    """Copy rank 0's values into these tensors on every rank."""
     if not is_distributed():
         return
+    for tensor in tensors:
+        dist.broadcast(tensor.data, src=0)
+
+
+def broadcast_modules(modules: Iterable[torch.nn.Module]) -> None:
+    """Copy rank 0's parameters and buffers into every rank's modules."""
     for module in modules:
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
+        broadcast_tensors([*module.parameters(), *module.buffers()])
 
 
 def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:

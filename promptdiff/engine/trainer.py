@@ -195,7 +195,7 @@ class TrainerBase:
         loss.backward()
 
     def model_update(self, names=None) -> None:
-        self.sync_grads(names)
+        self.sync_ranks(names)
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
                 self._optims[name].step()
@@ -205,10 +205,20 @@ class TrainerBase:
         self.model_backward(loss)
         self.model_update(names)
 
-    def sync_grads(self, names=None) -> None:
-        """Under torchrun, average the gradients of what the named optimisers are about to step."""
-        optims = [self._optims[n] for n in self.get_model_names(names) if self._optims[n]]
+    def sync_ranks(self, names=None) -> None:
+        """Under torchrun, before a step: average the gradients the named optimisers will apply,
+        and give every rank rank 0's checkpointed buffers (e.g. the denoiser's target statistics,
+        which each rank's forward updated from its own shard)."""
+        if not ddp.is_distributed():
+            return
+        names = self.get_model_names(names)
+        optims = [self._optims[n] for n in names if self._optims[n] is not None]
         ddp.all_reduce_grads(p for o in optims for g in o.param_groups for p in g["params"])
+        for name in names:
+            model = self._models[name]
+            # only what a checkpoint keeps: frozen buffers (class-token embeddings) never change
+            kept = {t.data_ptr() for t in self.model_state_dict(name, model).values()}
+            ddp.broadcast_tensors([b for b in model.buffers() if b.data_ptr() in kept])
 
 
 class SimpleTrainer(TrainerBase):
