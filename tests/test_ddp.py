@@ -199,3 +199,25 @@ def test_shard_replay_reproduces_single_process_logits(ddp_trained, shapes_root,
                 torch.testing.assert_close(got, reference[positions], rtol=1e-5, atol=1e-5)
             else:  # the stream drawn in shard order would give these images other prompts
                 assert not torch.allclose(got, reference[positions], rtol=1e-3, atol=1e-3)
+
+
+def test_scripts_launch_ngpu_processes_with_torchrun(shapes_root, tmp_path):
+    import shlex
+
+    def dry_run(ngpu: str | None) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in ("CFG", "NGPU", "EXTRA_OPTS")}
+        env.update(DATA=shapes_root, OUTPUT=str(tmp_path), PYTHON=sys.executable, DRY_RUN="1")
+        if ngpu is not None:
+            env["NGPU"] = ngpu
+        script = ["bash", "scripts/CoOp/base2new_train.sh", "caltech101", "1"]
+        return subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True)
+
+    single = shlex.split(dry_run(None).stdout.splitlines()[0])
+    assert single[:2] == [sys.executable, os.path.join(ROOT, "train.py")]
+    assert shlex.split(dry_run("1").stdout.splitlines()[0]) == single
+    multi = shlex.split(dry_run("2").stdout.splitlines()[0])
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert multi == [sys.executable, *launcher, *single[1:]]
+    for bad in ("0", "two"):
+        proc = dry_run(bad)
+        assert proc.returncode == 1 and "NGPU" in proc.stderr and bad in proc.stderr
