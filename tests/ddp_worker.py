@@ -58,6 +58,15 @@ def helper_checks(out: str) -> dict:
 
     found["main_first"] = ddp.main_process_first(write_or_read)
 
+    def fail_on_rank_0() -> None:
+        if ddp.is_main_process():
+            raise ValueError("bad dataset")
+
+    try:
+        ddp.main_process_first(fail_on_rank_0)
+    except (ValueError, RuntimeError) as exc:
+        found["main_first_error"] = str(exc)
+
     for text in ("same", f"rank {r}"):
         try:
             ddp.check_same_on_all_ranks(text, "The dataset split")

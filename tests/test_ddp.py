@@ -115,6 +115,9 @@ def test_process_group_helpers(ddp_trained):
         assert "differs between torchrun ranks 0 and [1]" in found["same_check"][1]
         assert "DATALOADER.TRAIN_X.BATCH_SIZE 3" in found["batch_error"]
         assert found["batch_share"] == 2
+    # rank 0's error stops the others with one sentence instead of a broken connection
+    assert r0["main_first_error"] == "bad dataset"
+    assert r1["main_first_error"] == "Stopped: torchrun rank 0 failed first (its error is above)."
 
 
 def test_distributed_eval_equals_single_process(

@@ -118,10 +118,17 @@ def main_process_first(fn: Callable[[], T]) -> T:
     if not is_distributed():
         return fn()
     if is_main_process():
-        result = fn()
-        dist.barrier()
+        try:
+            result = fn()
+        except Exception:
+            dist.broadcast_object_list([False], src=0)
+            raise
+        dist.broadcast_object_list([True], src=0)
         return result
-    dist.barrier()
+    succeeded = [None]
+    dist.broadcast_object_list(succeeded, src=0)
+    if not succeeded[0]:
+        raise RuntimeError("Stopped: torchrun rank 0 failed first (its error is above).")
     return fn()
 
 
