@@ -346,7 +346,9 @@ class PromptDiffusionMixin:
             lr = max(tried)[2]
         log(f"Over-fitting step size: TRAINER.PD.OVERFIT_LR = {lr:.3e}")
         self.diffusion.overfit_lr.fill_(lr)
-        return lr
+        # under torchrun each rank calibrated on its own shard: all use rank 0's step size
+        distributed.broadcast_tensors([self.diffusion.overfit_lr])
+        return self.diffusion.overfit_lr.item()
 
     def after_epoch(self) -> None:
         if self.in_stage2 and self.overfit_stats.n:
