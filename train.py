@@ -184,10 +184,10 @@ def main(args) -> None:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
     elif not args.no_train:
-        if cfg.OUTPUT_DIR:
+        if cfg.OUTPUT_DIR and is_main_process():
             write_run_config(cfg)
         trainer.train()
-    if args.quiet:
+    if args.quiet and is_main_process():
         print(run_summary(cfg, args, before), flush=True)
 
 

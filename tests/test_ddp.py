@@ -86,7 +86,7 @@ def test_training_writes_one_checkpoint_set_and_one_result(ddp_trained):
     events = [f for f in files if f.startswith("tensorboard/")]
     assert len(events) == 1  # rank 0's writer only
     assert [f for f in files if f not in events] == [
-        "denoiser/checkpoint", "denoiser/model.pth.tar-2", "log.txt",
+        "config.yaml", "denoiser/checkpoint", "denoiser/model.pth.tar-2", "log.txt",
         "prompt_learner/checkpoint", "prompt_learner/model.pth.tar-2", "results.json",
     ]  # fmt: skip
     with open(os.path.join(out, "log.txt")) as f:
