@@ -91,7 +91,7 @@ def init_distributed(use_cuda: bool) -> bool:
             )
         # torch.device("cuda") in the trainer then means this process's GPU
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
     else:
         dist.init_process_group("gloo")
     return True
