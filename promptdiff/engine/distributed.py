@@ -12,18 +12,20 @@ training needs three things, each done once here:
   does at construction. CLIP is frozen and identical everywhere (same weights file), so it is never
   touched.
 - Same gradient on every rank. After backward, `all_reduce_grads` averages the gradients of the
-  parameters that are about to be stepped (one flat all-reduce per step), which is what DDP's
-  reducer computes. Buffers a forward pass updates (the denoiser's running target statistics)
-  are then taken from rank 0, as DDP's default broadcast_buffers does. The modules are deliberately not wrapped in `DistributedDataParallel`: the
-  trainers never call the trainable module's forward (CoOp's forward is the frozen CLIP's, and
-  the diffusion mixin calls model.condition / base_prompt / logits_for), while DDP only arms its
-  gradient hooks inside the wrapped module's forward; and a parameter unused in a step (None
-  grad, e.g. an untouched layer) would need find_unused_parameters. Here a parameter left without
-  a gradient on every rank keeps grad None (so Adam skips it, as in one process); one with a
-  gradient on some ranks gets the average with zeros for the others. Because the reduction runs
-  only in the optimiser step of the named models, stage 2's per-sample over-fitting, which takes
-  `torch.autograd.grad` w.r.t. per-sample copies and never fills a parameter's `.grad`, stays per
-  rank and costs no communication; so does test-time sampling.
+  parameters about to be stepped (one flat all-reduce per step), which is what DDP's reducer
+  computes. Buffers a forward pass updates (the denoiser's running target statistics) are then
+  taken from rank 0, as DDP's default broadcast_buffers does. The modules are deliberately not
+  wrapped in `DistributedDataParallel`: the trainers never call the trainable module's forward
+  (CoOp's forward is the frozen CLIP's, and the diffusion mixin calls model.condition /
+  base_prompt / logits_for), while DDP only arms its gradient hooks inside the wrapped module's
+  forward; and a parameter unused in a step (None grad) would need find_unused_parameters. Here
+  a parameter without a gradient on every rank keeps grad None (so Adam skips it, as in one
+  process); one with a gradient on some ranks gets the average with zeros for the others.
+  Because the reduction runs only in the optimiser step of the named models, stage 2's
+  per-sample over-fitting, which takes `torch.autograd.grad` w.r.t. per-sample copies and never
+  fills a parameter's `.grad`, stays per rank and costs no communication; so does test-time
+  sampling. Each rank draws its own random numbers (augmentation, diffusion noise, dropout),
+  reseeded from (SEED, rank, epoch) at every epoch, so a resumed run draws what the original did.
 - A shard of the data per rank. DistributedSampler (set_epoch each epoch) splits the training set;
   DATALOADER.TRAIN_X.BATCH_SIZE (and TRAINER.PD.BATCH_SIZE) stay the *global* batch, split evenly
   over the ranks, so N GPUs run the experiment of the configs, not one with an N-times batch.
