@@ -122,6 +122,11 @@ def main(args) -> None:
 
     import datasets  # noqa: F401  (registers the datasets)
     import trainers  # noqa: F401  (registers the trainers)
+    from promptdiff.engine.distributed import (
+        init_distributed,
+        is_main_process,
+        launched_by_torchrun,
+    )
     from promptdiff.host import (
         DATASET_REGISTRY,
         HOST,
@@ -145,10 +150,19 @@ def main(args) -> None:
             f"{', '.join(DATASET_REGISTRY.registered_names())}."
         )
     check_eval_args(args, TRAINER_REGISTRY.get(cfg.TRAINER.NAME))
-    if args.quiet and HOST == "builtin":
-        setup_logger(cfg.OUTPUT_DIR, quiet=True)
+    if launched_by_torchrun():
+        if HOST != "builtin":
+            raise ValueError(
+                "Multi-GPU runs (torchrun) need the built-in engine; drop --host dassl "
+                "(or PROMPTDIFF_HOST=dassl)."
+            )
+        init_distributed(cfg.USE_CUDA)
+    # under torchrun only rank 0 writes log.txt; the other ranks print warnings and errors only
+    output = cfg.OUTPUT_DIR if is_main_process() else None
+    if (args.quiet or not is_main_process()) and HOST == "builtin":
+        setup_logger(output, quiet=True)
     else:  # Dassl tees stdout into log.txt, so under it --quiet only drops the config dump
-        setup_logger(cfg.OUTPUT_DIR)
+        setup_logger(output)
     if cfg.SEED >= 0:
         log(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -170,10 +184,10 @@ def main(args) -> None:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
     elif not args.no_train:
-        if cfg.OUTPUT_DIR:
+        if cfg.OUTPUT_DIR and is_main_process():
             write_run_config(cfg)
         trainer.train()
-    if args.quiet:
+    if args.quiet and is_main_process():
         print(run_summary(cfg, args, before), flush=True)
 
 
@@ -211,6 +225,10 @@ def cli(argv: list[str] | None = None) -> int:
         main(args)
     except USER_ERRORS as exc:
         return report_error(exc)
+    finally:
+        from promptdiff.engine.distributed import cleanup_distributed
+
+        cleanup_distributed()
     return 0
 
 

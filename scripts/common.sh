@@ -15,6 +15,9 @@
 #               line but never evaluated: quote values holding spaces, e.g.
 #               EXTRA_OPTS='MODEL.BACKBONE.PATH "/my weights/tiny.pt" INPUT.SIZE "(32, 32)"'
 #   XD_SOURCE   dataset the xd scripts train on and load from (default imagenet)
+#   NGPU        processes (GPUs) per run (default 1); above 1 every run is launched as
+#               `$PYTHON -m torch.distributed.run --standalone --nproc_per_node $NGPU train.py ...`
+#               (torchrun), with the configs' batch sizes split over the GPUs
 #   DRY_RUN     1: print the train.py command instead of running it (all checks still apply)
 #   QUIET       1: pass --quiet to train.py (one summary line per run; log.txt stays complete)
 
@@ -75,7 +78,10 @@ pd_setup() {
         if [[ -x $PD_REPO/.venv/bin/python ]]; then PYTHON=$PD_REPO/.venv/bin/python; else PYTHON=python; fi
     fi
     XD_SOURCE=${XD_SOURCE:-imagenet}
+    NGPU=${NGPU:-1}
     pd_check_int SHOTS "$SHOTS"
+    pd_check_int NGPU "$NGPU"
+    (( NGPU >= 1 )) || pd_die "NGPU must be at least 1 (the number of GPUs per run), got '$NGPU'"
     [[ -d $DATA ]] || pd_die "dataset root DATA=$DATA does not exist; set DATA to the folder that holds the dataset folders (caltech-101/, imagenet/, ...)"
     if [[ ${DRY_RUN:-0} != 1 ]] && ! command -v "$PYTHON" >/dev/null 2>&1; then
         pd_die "PYTHON=$PYTHON is not an executable; set PYTHON, e.g. PYTHON=.venv/bin/python"
@@ -169,7 +175,11 @@ pd_launch() {
     if [[ ${QUIET:-0} == 1 ]]; then
         flags+=(--quiet)
     fi
-    local cmd=("$PYTHON" "$PD_REPO/train.py"
+    local launcher=("$PYTHON")
+    if (( NGPU > 1 )); then
+        launcher+=(-m torch.distributed.run --standalone --nproc_per_node "$NGPU")
+    fi
+    local cmd=("${launcher[@]}" "$PD_REPO/train.py"
         --root "$DATA" --seed "$seed" --trainer "$TRAINER"
         --dataset-config-file "$PD_REPO/configs/datasets/$dataset.yaml" --config-file "$PD_CFG_FILE"
         --output-dir "$out" ${flags[@]+"${flags[@]}"}

@@ -115,6 +115,7 @@ class ClipPromptTrainer(TrainerX):
         self.model_zero_grad(names)
         self.detect_anomaly(loss)
         self.scaler.scale(loss).backward()
+        self.sync_ranks(names)
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
                 self.scaler.step(self._optims[name])

@@ -31,6 +31,7 @@ from promptdiff.diffusion import (
     prompt_to_target,
     target_to_prompt,
 )
+from promptdiff.engine import distributed
 from promptdiff.host import log
 from trainers.base import accuracy
 
@@ -228,15 +229,21 @@ class PromptDiffusionMixin:
         batch 1 would overfit and train the denoiser one image per step)."""
         size = self.cfg.TRAINER.PD.BATCH_SIZE
         loader = self.train_loader_x
-        if size <= 0 or loader.batch_size == size:
+        if size <= 0:
             return
         data = loader.dataset
+        sampler = RandomSampler(data)
+        if distributed.is_distributed():
+            size = distributed.per_rank_batch_size(size, "TRAINER.PD.BATCH_SIZE")
+            sampler = distributed.shard_sampler(data, True, self.cfg.SEED)
+        if loader.batch_size == size:
+            return
         self.train_loader_x = DataLoader(
             data,
             batch_size=size,
-            sampler=RandomSampler(data),
+            sampler=sampler,
             num_workers=loader.num_workers,
-            drop_last=len(data) >= size,
+            drop_last=len(sampler) >= size,
             pin_memory=loader.pin_memory,
         )
         log(f"Stage 2 batch size: {size}")
@@ -339,7 +346,9 @@ class PromptDiffusionMixin:
             lr = max(tried)[2]
         log(f"Over-fitting step size: TRAINER.PD.OVERFIT_LR = {lr:.3e}")
         self.diffusion.overfit_lr.fill_(lr)
-        return lr
+        # under torchrun each rank calibrated on its own shard: all use rank 0's step size
+        distributed.broadcast_tensors([self.diffusion.overfit_lr])
+        return self.diffusion.overfit_lr.item()
 
     def after_epoch(self) -> None:
         if self.in_stage2 and self.overfit_stats.n:
@@ -368,6 +377,15 @@ class PromptDiffusionMixin:
         # the same noise for every evaluation, so results do not depend on what ran before
         self.noise_generator = torch.Generator(device="cpu")
         self.noise_generator.manual_seed(self.cfg.TRAINER.PD.NOISE_SEED)
+        if distributed.is_distributed():
+            # each image gets the noise it gets in one process, whichever rank evaluates it
+            loader = self.val_loader if split == "val" else self.test_loader
+            self.noise_generator = distributed.ShardNoise(
+                self.noise_generator,
+                self.cfg.DATALOADER.TEST.BATCH_SIZE,
+                len(loader.dataset),
+                self.cfg.TRAINER.PD.NUM_SAMPLES,
+            )
 
     def sample_prompts(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """One generated prompt [B, *S] per image (INFERENCE mean: base plus the mean target)."""
@@ -375,8 +393,12 @@ class PromptDiffusionMixin:
         if self.inference_mode() == "mean":
             x = self.diffusion.stats.mean.expand(cond.shape[0], *self.diffusion.prompt_shape)
         else:
+            generator, noise = self.noise_generator, None
+            if isinstance(generator, distributed.ShardNoise):
+                generator = None
+                noise = self.noise_generator.next(cond.shape[0], self.diffusion.prompt_shape)
             x = self.diffusion.sample(
-                cond.float(), steps=pd.STEPS, sampler=pd.SAMPLER, generator=self.noise_generator
+                cond.float(), steps=pd.STEPS, sampler=pd.SAMPLER, generator=generator, noise=noise
             )
         return target_to_prompt(x, self.model.base_prompt(image, cond), pd.TARGET)
 

@@ -12,6 +12,7 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 from torchvision import transforms as T
 
+from promptdiff.engine import distributed
 from promptdiff.engine.registry import build_dataset
 from promptdiff.engine.utils import logger
 
@@ -211,20 +212,28 @@ def build_data_loader(cfg, sampler_type: str, data_source, batch_size: int, tfm,
     """A DataLoader with Dassl's rules: drop_last only for training data of at least one batch."""
     if not data_source:
         raise ValueError("Cannot build a data loader from an empty data source; check the split.")
-    if sampler_type == "RandomSampler":
-        sampler = RandomSampler(data_source)
-    elif sampler_type == "SequentialSampler":
-        sampler = SequentialSampler(data_source)
-    else:
+    if sampler_type not in ("RandomSampler", "SequentialSampler"):
         raise ValueError(
             f"Sampler {sampler_type!r} is not supported; use RandomSampler or SequentialSampler."
         )
+    if distributed.is_distributed():
+        # evaluation shards keep dataset order, so gathered predictions line up (see distributed)
+        shuffle = is_train and sampler_type == "RandomSampler"
+        sampler = distributed.shard_sampler(data_source, shuffle, cfg.SEED)
+        if is_train:
+            batch_size = distributed.per_rank_batch_size(
+                batch_size, "DATALOADER.TRAIN_X.BATCH_SIZE"
+            )
+    elif sampler_type == "RandomSampler":
+        sampler = RandomSampler(data_source)
+    else:
+        sampler = SequentialSampler(data_source)
     loader = DataLoader(
         DatasetWrapper(data_source, tfm),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        drop_last=is_train and len(data_source) >= batch_size,
+        drop_last=is_train and len(sampler) >= batch_size,
         pin_memory=torch.cuda.is_available() and cfg.USE_CUDA,
     )
     if len(loader) == 0:
@@ -236,7 +245,11 @@ class DataManager:
     """Builds the dataset named in the config and its train / val / test loaders."""
 
     def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
-        dataset = build_dataset(cfg)
+        # rank 0 first: it may write the split and few-shot caches the other ranks then read
+        dataset = distributed.main_process_first(lambda: build_dataset(cfg))
+        distributed.check_same_on_all_ranks(
+            repr([dataset.train_x, dataset.val, dataset.test]), "The dataset split"
+        )
         tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
         self.train_loader_x = build_data_loader(

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import torch
 
+from promptdiff.engine import distributed
 from promptdiff.engine.utils import logger, torch_save_atomic
 
 
@@ -43,6 +44,14 @@ class Classification:
         self._y_true.extend(gt.cpu().tolist())
         self._y_pred.extend(pred.cpu().tolist())
 
+    def gather(self, num_items: int) -> None:
+        """Under torchrun: replace this rank's shard by all ranks' predictions in dataset order."""
+        y_true = distributed.gather_in_order(torch.tensor(self._y_true), num_items)
+        y_pred = distributed.gather_in_order(torch.tensor(self._y_pred), num_items)
+        self._y_true, self._y_pred = y_true.tolist(), y_pred.tolist()
+        self._total = len(self._y_true)
+        self._correct = int((y_true == y_pred).sum())
+
     def evaluate(self) -> dict:
         acc = 100.0 * self._correct / max(self._total, 1)
         y_true, y_pred = np.asarray(self._y_true), np.asarray(self._y_pred)
@@ -69,7 +78,7 @@ class Classification:
                 )
             results["perclass_accuracy"] = float(np.mean(accs))
             logger.info(f"* average: {results['perclass_accuracy']:.1f}%")
-        if self.cfg.TEST.COMPUTE_CMAT:
+        if self.cfg.TEST.COMPUTE_CMAT and distributed.is_main_process():
             n_cls = int(max(y_true.max(), y_pred.max())) + 1
             cmat = np.zeros((n_cls, n_cls))
             np.add.at(cmat, (y_true, y_pred), 1)

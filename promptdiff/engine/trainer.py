@@ -10,6 +10,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from promptdiff.engine import distributed as ddp
 from promptdiff.engine.checkpoint import (
     last_checkpoint_name,
     load_checkpoint,
@@ -51,6 +52,8 @@ class TrainerBase:
         return names
 
     def save_model(self, epoch: int, directory: str, is_best=False, val_result=None, model_name=""):
+        if not ddp.is_main_process():
+            return
         for name in self.get_model_names():
             model = self._models[name]
             optim, sched = self._optims[name], self._scheds[name]
@@ -123,7 +126,7 @@ class TrainerBase:
             raise FloatingPointError("Loss is infinite or NaN!")
 
     def init_writer(self, log_dir: str) -> None:
-        if self._writer is None:
+        if self._writer is None and ddp.is_main_process():
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional at run time
@@ -192,6 +195,7 @@ class TrainerBase:
         loss.backward()
 
     def model_update(self, names=None) -> None:
+        self.sync_ranks(names)
         for name in self.get_model_names(names):
             if self._optims[name] is not None:
                 self._optims[name].step()
@@ -200,6 +204,21 @@ class TrainerBase:
         self.model_zero_grad(names)
         self.model_backward(loss)
         self.model_update(names)
+
+    def sync_ranks(self, names=None) -> None:
+        """Under torchrun, before a step: average the gradients the named optimisers will apply,
+        and give every rank rank 0's checkpointed buffers (e.g. the denoiser's target statistics,
+        which each rank's forward updated from its own shard)."""
+        if not ddp.is_distributed():
+            return
+        names = self.get_model_names(names)
+        optims = [self._optims[n] for n in names if self._optims[n] is not None]
+        ddp.all_reduce_grads(p for o in optims for g in o.param_groups for p in g["params"])
+        for name in names:
+            model = self._models[name]
+            # only what a checkpoint keeps: frozen buffers (class-token embeddings) never change
+            kept = {t.data_ptr() for t in self.model_state_dict(name, model).values()}
+            ddp.broadcast_tensors([b for b in model.buffers() if b.data_ptr() in kept])
 
 
 class SimpleTrainer(TrainerBase):
@@ -244,6 +263,7 @@ class SimpleTrainer(TrainerBase):
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
+        ddp.broadcast_modules(self._models.values())
         self.init_writer(os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
 
@@ -252,6 +272,7 @@ class SimpleTrainer(TrainerBase):
         if not self.cfg.TEST.NO_TEST:
             if self.cfg.TEST.FINAL_MODEL == "best_val":
                 logger.info("Deploy the model with the best val performance")
+                ddp.barrier()  # rank 0 may still be writing model-best
                 self.load_model(self.output_dir)
             else:
                 logger.info("Deploy the last-epoch model")
@@ -295,6 +316,8 @@ class SimpleTrainer(TrainerBase):
         for batch in progress(data_loader, desc=f"Evaluate ({split})"):
             input, label = self.parse_batch_test(batch)
             self.evaluator.process(self.model_inference(input), label)
+        if ddp.is_distributed():
+            self.evaluator.gather(len(data_loader.dataset))
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
@@ -305,6 +328,8 @@ class SimpleTrainer(TrainerBase):
         """Hook run once per evaluation, e.g. to encode the class prompts a single time."""
 
     def write_results(self, results: dict, split: str) -> None:
+        if not ddp.is_main_process():
+            return
         cfg = self.cfg
         record = {
             "accuracy": results["accuracy"],
@@ -342,6 +367,7 @@ class TrainerX(SimpleTrainer):
         self.set_model_mode("train")
         losses = MetricMeter()
         batch_time, data_time = AverageMeter(), AverageMeter()
+        ddp.begin_epoch(self.train_loader_x, self.epoch, self.cfg.SEED)
         self.num_batches = len(self.train_loader_x)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         end = time.time()
