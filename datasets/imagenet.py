@@ -119,7 +119,7 @@ class ImageNetTestOnly(DatasetBase):
 
     def read_data(self, classnames: dict, text_file: str) -> list:
         return read_class_folders(
-            self.image_dir, classnames, text_file, self.ALL_CLASSES, self.sort_listing
+            self.image_dir, classnames, text_file, self.ALL_CLASSES, sort=self.sort_listing
         )[1]
 
 
@@ -140,13 +140,15 @@ class ImageNet(CoOpDataset):
         )
         classnames = read_classnames(text_file)
         val_dir = os.path.join(self.image_dir, "val")
-        val_folders, test = read_class_folders(val_dir, classnames, text_file, self.sort_listing)
+        val_folders, test = read_class_folders(
+            val_dir, classnames, text_file, sort=self.sort_listing
+        )
         num_shots = cfg.DATASET.NUM_SHOTS
         if num_shots >= 1 and self.has_fewshot_cache(cfg, num_shots):
             train = []  # the cached subset is loaded below; no need to list all training images
         else:
             train_folders, train = read_class_folders(
-                train_dir, classnames, text_file, self.sort_listing
+                train_dir, classnames, text_file, sort=self.sort_listing
             )
             if train_folders != val_folders:
                 raise ValueError(

@@ -281,22 +281,12 @@ DOMAIN_WORDS = {
 
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A pre-training caption: the scene's attributes in one of several templates. Some captions
-    name only the colour or only the shape, as web captions leave things out."""
+    """A pre-training caption: the scene's colour and shape, with its count, often its size and
+    domain, in one of several templates."""
     noun = scene.shape if scene.count == 1 else scene.shape + "s"
-    what = rng.choice(["full", "full", "full", "full", "colour", "shape"])
     article = "a" if scene.count == 1 else COUNT_WORDS[scene.count]
     size = f"{scene.size} " if rng.random() < 0.5 else ""
-    if what == "colour":
-        thing = (
-            f"{article} {size}{scene.colour} thing"
-            if scene.count == 1
-            else f"two {scene.colour} things"
-        )
-    elif what == "shape":
-        thing = f"{article} {size}{noun}"
-    else:
-        thing = f"{article} {size}{scene.colour} {noun}"
+    thing = f"{article} {size}{scene.colour} {noun}"
     prefix = rng.choice(DOMAIN_WORDS[scene.domain]) if rng.random() < 0.7 else ""
     template = rng.integers(0, 3)
     if template == 0 and prefix:
@@ -371,14 +361,14 @@ class ClipRecipe:
     text_width: int = 64
     text_layers: int = 3
     steps: int = 600
-    batch: int = 128
+    # a batch holds one image of every class: no two captions in it describe the same class (no
+    # false negatives), and every colour comes with all its shapes, so captions can only be
+    # matched by seeing shape as well as colour (hard negatives)
+    batches_per_step: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 50
     pool_per_class: int = 150
-    # colours per batch: with few colours in a batch, captions can only be matched by shape, count
-    # and size too (hard negatives), which is what makes a small CLIP learn shape quickly
-    batch_colours: int = 3
     # share of each domain in the pre-training images: mostly photos, a little of the rest, as a
     # web crawl holds some sketches and paintings; it sets how much the shifted domains lose
     domain_mix: tuple[tuple[str, float], ...] = (
@@ -447,6 +437,21 @@ def pretraining_pool(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True)
     return to_tensor(images), scenes
 
 
+def clip_loss(logits, block: int):
+    """CLIP's symmetric contrastive loss; with several class-complete blocks in one step, each
+    block is its own contrast set (one image per class)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = logits.shape[0] // block
+    losses = []
+    for b in range(n):
+        sub = logits[b * block : (b + 1) * block, b * block : (b + 1) * block]
+        target = torch.arange(block)
+        losses.append((F.cross_entropy(sub, target) + F.cross_entropy(sub.t(), target)) / 2)
+    return torch.stack(losses).mean()
+
+
 def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, callback=None):
     """Train the world's CLIP with CLIP's symmetric contrastive loss on (image, caption) pairs."""
     import torch
@@ -456,6 +461,7 @@ def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, ca
     from promptdiff.backbone.prompts import tokenize
 
     pixels, scenes = pretraining_pool(spec, recipe, progress)
+    names = classes(spec)
     model = build_clip(recipe, spec.size)
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
@@ -483,14 +489,14 @@ def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, ca
     token_cache: dict[str, torch.Tensor] = {}
     model.train()
     bar = _progress(range(recipe.steps), "pre-training the world's CLIP", progress)
-    colours = np.array([spec.colours.index(s.colour) for s in scenes])
-    by_colour = [np.flatnonzero(colours == c) for c in range(len(spec.colours))]
+    per_class = recipe.pool_per_class  # the pool holds each class's images in one block
     for step in bar:
-        picked = rng.choice(
-            len(by_colour), size=min(recipe.batch_colours, len(by_colour)), replace=False
+        idx = np.concatenate(
+            [
+                np.arange(len(names)) * per_class + rng.integers(0, per_class, size=len(names))
+                for _ in range(recipe.batches_per_step)
+            ]
         )
-        pool = np.concatenate([by_colour[c] for c in picked])
-        idx = rng.choice(pool, size=min(recipe.batch, len(pool)), replace=False)
         texts = [caption(scenes[i], rng) for i in idx]
         missing = [t for t in set(texts) if t not in token_cache]
         if missing:
@@ -500,8 +506,7 @@ def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, ca
         img = F.normalize(encode_image(model, pixels[torch.as_tensor(idx)]), dim=-1)
         txt = F.normalize(encode_text_tokens(model, tokens), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.t()
-        target = torch.arange(len(idx))
-        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        loss = clip_loss(logits, len(names))
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()

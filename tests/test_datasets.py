@@ -182,11 +182,15 @@ def run_checker(capsys, root, *names):
 
 
 def test_every_dataset_has_a_config_a_layout_and_a_checker_entry():
+    from promptdiff.miniworld import DOMAINS, domain_dataset_name
+
     names = set(DATASET_REGISTRY.registered_names())
-    assert set(LAYOUTS) <= names and len(LAYOUTS) == 15
-    assert set(check_dataset.LAYOUTS) == set(LAYOUTS)
+    miniworld = {domain_dataset_name(d) for d in DOMAINS}
+    assert set(LAYOUTS) <= names and len(LAYOUTS) == 15 and miniworld <= names
+    assert set(check_dataset.LAYOUTS) == set(LAYOUTS) | miniworld
     configs = check_dataset.config_names()
-    assert len(configs) == 15 and set(configs.values()) == set(LAYOUTS)
+    assert len(configs) == 15 + len(miniworld)
+    assert set(configs.values()) == set(LAYOUTS) | miniworld
     assert configs["oxford_pets"] == "OxfordPets" and configs["dtd"] == "DescribableTextures"
     assert configs["imagenet_sketch"] == "ImageNetSketch" and configs["imagenetv2"] == "ImageNetV2"
     with open(os.path.join(REPO_ROOT, "configs", "datasets", "fgvc_aircraft.yaml")) as f:
@@ -443,9 +447,12 @@ def test_imagenet_flat_val_folder_is_explained(layout):
 
 
 def test_checker_ready_on_every_layout(tmp_path, capsys):
+    from promptdiff import miniworld
+
     root = str(tmp_path / "data")
     for maker in LAYOUTS.values():
         maker(root)
+    miniworld.write_world(root, miniworld.WorldSpec(n_train=1, n_val=1, n_test=1), progress=False)
     rc, out = run_checker(capsys, root, "all")
     assert rc == 0
     for name in LAYOUTS:

@@ -24,6 +24,9 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)  # run from a checkout without installing anything
 
 from promptdiff.imagefiles import is_image_file  # noqa: E402
+from promptdiff.miniworld import DATASET_DIR as MINIWORLD_DIR  # noqa: E402
+from promptdiff.miniworld import DOMAINS as MINIWORLD_DOMAINS  # noqa: E402
+from promptdiff.miniworld import domain_dataset_name  # noqa: E402
 
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "datasets")
 
@@ -176,6 +179,13 @@ LAYOUTS = {
     "ImageNetA": _imagenet_variant("imagenet-adversarial", "imagenet-a", all_classes=False),
     "ImageNetR": _imagenet_variant("imagenet-rendition", "imagenet-r", all_classes=False),
 }
+# the miniature world's domains (written, split files included, by tools/miniworld.py build)
+LAYOUTS.update(
+    {
+        domain_dataset_name(d): _split(MINIWORLD_DIR, domain_dataset_name(d), "images")
+        for d in MINIWORLD_DOMAINS
+    }
+)
 
 
 def config_names() -> dict[str, str]:
