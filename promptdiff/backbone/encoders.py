@@ -438,7 +438,7 @@ def encode_text_shared_prefix(
     pos = clip_model.positional_embedding.type(dtype)
     # causal: tokens after the last EOT never reach an EOT feature
     keep = int(eot_index.max()) + 1 - n_prefix if n_cls else 1
-    suffix = suffix[..., :keep, :].type(dtype) + pos[n_prefix : n_prefix + keep]
+    suffix, suffix_pos = suffix[..., :keep, :], pos[n_prefix : n_prefix + keep]
     prefix = prefix.type(dtype) + pos[:n_prefix]
     cache = _prefix_kv(clip_model, prefix, layers, prompt_start)
 
@@ -453,7 +453,9 @@ def encode_text_shared_prefix(
     for start in range(0, total, max(step, 1)):
         pairs = torch.arange(start, min(start + step, total), device=device)
         groups, classes = pairs // n_cls, pairs % n_cls
+        # gathered per chunk, so nothing of size pairs x tokens exists beyond one chunk
         chunk = suffix[classes] if suffix.dim() == 3 else suffix[groups, classes]
+        chunk = chunk.type(dtype) + suffix_pos
         args = (clip_model, chunk, eot[pairs], groups, cache)
         if grad and step < total:
             outputs.append(checkpoint(_suffix_features, *args, use_reentrant=False))
