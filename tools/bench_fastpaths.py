@@ -34,6 +34,11 @@ ROW_SIZES = {
         embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
         patch_size=16, text_width=512, text_layers=12,
     ),
+    # ViT-B/16's widths at 2 layers: the same ratios (every layer costs alike), 6x cheaper on CPU
+    "b16_2layer": dict(
+        embed_dim=512, image_resolution=224, vision_layers=2, vision_width=768,
+        patch_size=16, text_width=512, text_layers=2,
+    ),
     "quick": dict(
         embed_dim=64, image_resolution=224, vision_layers=2, vision_width=96,
         patch_size=16, text_width=64, text_layers=2,
