@@ -282,3 +282,13 @@ def test_diff_stage2_step_is_the_same_with_prefix_sharing(
     assert any(g.abs().sum() > 0 for g in plain_grads)
     for a, b in zip(fast_grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_models_with_fixed_class_features_keep_all_classes():
+    class FixedText:  # VPT-like: logits_for cannot restrict its (fixed) class features
+        def logits_for(self, image, cond, prompts):
+            return prompts.sum(-1, keepdim=True) * torch.arange(6.0)
+
+    label = torch.tensor([1, 4])
+    fn, of_label = overfit_loss_classes(FixedText(), None, None, None, label, 6, 2)
+    assert of_label is label and fn(torch.ones(2, 3)).shape == (2, 6)

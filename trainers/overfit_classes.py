@@ -24,10 +24,15 @@ def hardest_classes(logits: Tensor, label: Tensor, n: int) -> Tensor:
     return marked.topk(n, dim=1).indices
 
 
+def encodes_classes(model) -> bool:
+    """Whether model.logits_for takes `classes` (and then encodes only those class prompts)."""
+    return "classes" in inspect.signature(model.logits_for).parameters
+
+
 def logits_for_classes(model, image: Tensor, cond: Tensor, prompts: Tensor, classes: Tensor):
-    """model.logits_for restricted to classes [B, k]: [B, k]. Models whose logits_for takes a
-    `classes` argument encode only those class prompts; others compute all and gather."""
-    if "classes" in inspect.signature(model.logits_for).parameters:
+    """model.logits_for restricted to classes [B, k]: [B, k] (computed for all and gathered when
+    the model cannot restrict its text encoding)."""
+    if encodes_classes(model):
         return model.logits_for(image, cond, prompts, classes=classes)
     return torch.gather(model.logits_for(image, cond, prompts), 1, classes)
 
@@ -35,8 +40,9 @@ def logits_for_classes(model, image: Tensor, cond: Tensor, prompts: Tensor, clas
 def overfit_loss_classes(
     model, image: Tensor, cond: Tensor, base: Tensor, label: Tensor, num_classes: int, keep: int
 ) -> tuple[Callable[[Tensor], Tensor], Tensor]:
-    """(prompts [B, *S] -> logits over each image's chosen classes, the labels within them)."""
-    if keep <= 0 or keep >= num_classes:
+    """(prompts [B, *S] -> logits over each image's chosen classes, the labels within them).
+    Models with fixed class features (VPT) gain nothing from fewer classes: they keep all."""
+    if keep <= 0 or keep >= num_classes or not encodes_classes(model):
         return (lambda prompts: model.logits_for(image, cond, prompts)), label
     with torch.no_grad():
         classes = hardest_classes(model.logits_for(image, cond, base), label, keep)
