@@ -139,6 +139,8 @@ def test_class_specific_context_falls_back(clip_model, monkeypatch):
 def test_cocoop_features_and_meta_net_gradients(clip_model):
     opts = CN({"N_CTX": 4, "CTX_INIT": "a photo of a"})
     learner = CoCoOpPromptLearner(opts, NAMES, clip_model)
+    with torch.no_grad():  # keep the meta-net's two hidden ReLUs alive, whatever the random init
+        learner.meta_net.linear1.bias.fill_(1.0)
     fast, plain = CoCoOpCLIP(learner, clip_model), CoCoOpCLIP(learner, clip_model, 0, False)
     images = _randn(3, 3, 32, 32, seed=6, grad=False)
     params = [learner.ctx, learner.meta_net.linear1.weight, learner.meta_net.linear2.weight]
