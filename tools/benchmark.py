@@ -388,7 +388,9 @@ def reference_inference(trainer, image: torch.Tensor) -> torch.Tensor:
     model = trainer.model
     with trainer.autocast():
         cond = model.condition(image)
-        return model.logits_for(image, cond, model.base_prompt(image, cond)).float()
+        # contiguous: one real context per image (an expanded one would be encoded once)
+        prompts = model.base_prompt(image, cond).contiguous()
+        return model.logits_for(image, cond, prompts).float()
 
 
 def timed_calls(fn, min_run_time: float) -> list[float]:
@@ -604,6 +606,10 @@ def build_argparser() -> argparse.ArgumentParser:
         help="the GPU peak of the floor column (default: H100 SXM dense bf16)",
     )
     p.add_argument("--no-rows", action="store_true", help="only the per-trainer table")
+    p.add_argument(
+        "--rounds", type=int, default=0, help="alternating measurements per row (0: 2, quick 1)"
+    )
+    p.add_argument("--device", default="cpu", help="device of the named rows (e.g. cuda)")
     p.add_argument("--size", choices=sorted(SIZES), default=d.size, help="CLIP size")
     p.add_argument("--classes", type=int, nargs="+", default=d.classes)
     p.add_argument("--steps", type=int, nargs="+", default=d.steps, help="S for CoOpDiff")
@@ -676,8 +682,9 @@ def main(argv: list[str] | None = None) -> int:
             args.rows_size or ("quick" if args.quick else "vit_b16"),
             args.rows_images or (2 if args.quick else 4),
             min_run_time=0.5 if args.quick else 1.0,
-            rounds=1 if args.quick else 2,
+            rounds=args.rounds or (1 if args.quick else 2),
             peak_tflops=args.peak_tflops,
+            device=args.device,
         )
         _say(opts, f"named rows on the {bench.size} CLIP, {bench.images} image(s) per row")
         fast_rows = run_rows(bench, overfit_steps=10, say=lambda m: _say(opts, m))
