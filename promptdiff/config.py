@@ -109,4 +109,10 @@ def extend_cfg(cfg: CN) -> CN:
     pd.DIFFUSE_LAYERS = 0
     # text encoder chunk (sequences per forward) for per-image class prompts; 0 = no chunking
     pd.TEXT_CHUNK = 0
+    # encode the class-independent [SOS] + context prefix once per prompt, not once per class
+    # (exact; CLASS_TOKEN_POSITION end, CoCoOp, MaPLe and their Diff trainers)
+    pd.TEXT_SHARE_PREFIX = True
+    # classes in the per-sample over-fitting loss: the true class + the hardest others under the
+    # base prompt; 0, or >= the class count, = all classes (exact)
+    pd.OVERFIT_CLASSES = 64
     return cfg

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import math
 import os
 import platform
@@ -48,6 +49,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tabulate import tabulate  # noqa: E402
+from torch.utils import benchmark  # noqa: E402
+
+from tools.bench_fastpaths import ROW_SIZES, Bench, run_rows  # noqa: E402
 
 # CLIP sizes (keyword arguments of promptdiff.backbone.save_tiny_clip); "tiny" = its defaults
 SIZES = {
@@ -126,12 +130,12 @@ class Options:
     steps: list[int] = field(default_factory=lambda: [1, 5, 10])
     other_steps: list[int] = field(default_factory=lambda: [5])
     images: int = 4
-    repeats: int = 5
+    min_time: float = 1.0  # seconds of timed calls per row (Timer.blocked_autorange)
     trainers: list[str] = field(default_factory=lambda: list(DEFAULT_TRAINERS))
     train_classes: list[int] | None = None  # None: the smallest of `classes`
     train_k: list[int] = field(default_factory=lambda: [10, 2])
     train_images: int = 2
-    train_repeats: int = 3
+    train_min_time: float = 1.0
     text_chunk: int = 0
     seed: int = 1
     workdir: str = ""  # "" = a temporary folder, removed afterwards
@@ -384,12 +388,19 @@ def reference_inference(trainer, image: torch.Tensor) -> torch.Tensor:
     model = trainer.model
     with trainer.autocast():
         cond = model.condition(image)
-        return model.logits_for(image, cond, model.base_prompt(image, cond)).float()
+        # contiguous: one real context per image (an expanded one would be encoded once)
+        prompts = model.base_prompt(image, cond).contiguous()
+        return model.logits_for(image, cond, prompts).float()
 
 
-def time_inference(
-    trainer, images: torch.Tensor, repeats: int, reference: bool = False, warm_up: bool = True
-) -> dict:
+def timed_calls(fn, min_run_time: float) -> list[float]:
+    """Seconds per call of fn, from torch.utils.benchmark.Timer (it warms up first, sets the
+    thread count and synchronises CUDA; at least one timed call)."""
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return list(timer.blocked_autorange(min_run_time=min_run_time).times)
+
+
+def time_inference(trainer, images: torch.Tensor, min_time: float, reference: bool = False) -> dict:
     infer = (lambda x: reference_inference(trainer, x)) if reference else trainer.model_inference
     n = images.shape[0]
     with torch.no_grad():
@@ -397,29 +408,26 @@ def time_inference(
         start = time.perf_counter()
         trainer.before_test("test")
         once = time.perf_counter() - start
-        if warm_up:  # the same batch shape as the timed calls: first calls of a shape are slow
-            infer(images)
-        per_image, shares, calls = [], [], []
-        for _ in range(repeats):
-            with Probe(trainer) as probe:
-                start = time.perf_counter()
-                logits = infer(images)
-                elapsed = time.perf_counter() - start
-            if tuple(logits.shape) != (n, trainer.num_classes):
-                raise RuntimeError(f"logits of shape {tuple(logits.shape)} for {n} images")
-            per_image.append(1000.0 * elapsed / n)
-            shares.append(probe.sample_s / elapsed)
-            calls.append(probe.calls)
+        # one probed call (untimed by the Timer) gives the sampler's share and the denoiser calls
+        with Probe(trainer) as probe:
+            start = time.perf_counter()
+            logits = infer(images)
+            elapsed = time.perf_counter() - start
+        if tuple(logits.shape) != (n, trainer.num_classes):
+            raise RuntimeError(f"logits of shape {tuple(logits.shape)} for {n} images")
+        per_image = [1000.0 * t / n for t in timed_calls(lambda: infer(images), min_time)]
     diff = probe.diffusion is not None and not reference
     return {
         "samples": per_image,
         "once_ms": 1000.0 * once,
-        "sampler_share": statistics.median(shares) if diff else None,
-        "denoiser_calls": calls[-1] if diff else None,
+        "sampler_share": probe.sample_s / elapsed if diff else None,
+        "denoiser_calls": probe.calls if diff else None,
     }
 
 
-def time_training(trainer, images, labels, stage: int, k: int | None, repeats: int) -> list[float]:
+def time_training(
+    trainer, images, labels, stage: int, k: int | None, min_time: float
+) -> list[float]:
     """ms per image of forward_backward (stage 1: the baseline's step; stage 2 with K = k)."""
     trainer.set_model_mode("train")
     trainer.batch_idx, trainer.num_batches = 0, 2  # not the last batch: no LR step
@@ -427,19 +435,9 @@ def time_training(trainer, images, labels, stage: int, k: int | None, repeats: i
     trainer.epoch = trainer.stage1_epochs(trainer.cfg) if stage == 2 else 0
     keys = {"OVERFIT_STEPS": k} if stage == 2 else {}
     n = images.shape[0]
-    out = []
     with pd_keys(trainer, **keys) if diff else contextlib.nullcontext():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            trainer.forward_backward({"img": images, "label": labels})
-            out.append(1000.0 * (time.perf_counter() - start) / n)
-    return out
-
-
-def warm_up_training(trainer, images, labels, stage: int) -> None:
-    """One step on the same batch (stage 2 with K = 0, which runs the same operations), excluded
-    from the timings."""
-    time_training(trainer, images, labels, stage, 0 if stage == 2 else None, 1)
+        step = lambda: trainer.forward_backward({"img": images, "label": labels})  # noqa: E731
+        return [1000.0 * t / n for t in timed_calls(step, min_time)]
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -472,7 +470,6 @@ def run_benchmark(opts: Options) -> tuple[list[Row], list[str]]:
             trainer = build(host, n_cls, ws, opts)
             _say(opts, f"built {host} for {n_cls} classes ({time.perf_counter() - start:.1f} s)")
             test_images = None
-            warmed = set()
             for key in keys:
                 phase, name, _, s, k = key
                 row = Row(phase, name, n_cls, s, k)
@@ -482,13 +479,8 @@ def run_benchmark(opts: Options) -> tuple[list[Row], list[str]]:
                     reference = name == REFERENCE
                     with pd_keys(trainer, STEPS=s) if s is not None else contextlib.nullcontext():
                         res = time_inference(
-                            trainer,
-                            test_images,
-                            opts.repeats,
-                            reference=reference,
-                            warm_up=("infer", reference) not in warmed,
+                            trainer, test_images, opts.min_time, reference=reference
                         )
-                    warmed.add(("infer", reference))
                     row.samples = res["samples"]
                     row.once_ms = res["once_ms"]
                     row.sampler_share = res["sampler_share"]
@@ -496,11 +488,8 @@ def run_benchmark(opts: Options) -> tuple[list[Row], list[str]]:
                 else:
                     stage = 1 if phase == "train stage 1" else 2
                     images, labels = batch(trainer, opts.train_images, "train")
-                    if ("train", stage) not in warmed:
-                        warm_up_training(trainer, images, labels, stage)
-                        warmed.add(("train", stage))
                     row.samples = time_training(
-                        trainer, images, labels, stage, k, opts.train_repeats
+                        trainer, images, labels, stage, k, opts.train_min_time
                     )
                 row.ms_per_image = statistics.median(row.samples)
                 rows[key] = row
@@ -568,20 +557,59 @@ def machine() -> str:
     )
 
 
-def describe_run(opts: Options, argv: list[str] | None) -> list[str]:
+def describe_run(opts: Options, argv: list[str] | None, quick: bool) -> list[str]:
     cmd = "python tools/benchmark.py" + ("".join(f" {a}" for a in argv) if argv else "")
-    return [
-        f"command: `{cmd}`",
-        f"machine: {machine()}",
-        f"CLIP: {opts.size} (random weights), inference batch {opts.images} images, median of "
-        f"{opts.repeats}; training batch {opts.train_images} images, median of "
-        f"{opts.train_repeats}",
+    lines = [f"command: `{cmd}`", f"machine: {machine()}"]
+    if not quick and opts.trainers:
+        lines.append(
+            f"per-trainer table: CLIP {opts.size} (random weights), inference batch {opts.images} "
+            f"images, training batch {opts.train_images}; medians of Timer.blocked_autorange "
+            f"({opts.min_time:g} s / {opts.train_min_time:g} s per row)"
+        )
+    return lines
+
+
+def fast_table(rows, fmt: str = "github") -> str:
+    """The named rows: plain vs fast, ratio, exactness, the GPU floor and the issue's target."""
+    headers = ["row", "plain_ms", "fast_ms", "ratio", "max_abs_diff", "floor_ms (GPU)", "target"]
+    body = [
+        [
+            r.name,
+            f"{r.plain_ms:.1f}",
+            f"{r.fast_ms:.1f}",
+            f"{r.ratio:.2f}",
+            f"{r.max_abs_diff:.1e}",
+            _fmt(r.floor_ms, "%.2g"),
+            r.target(),
+        ]
+        for r in rows
     ]
+    notes = "\n".join(f"- {r.name}: {r.note}" for r in rows)
+    return tabulate(body, headers=headers, tablefmt=fmt, disable_numparse=True) + "\n\n" + notes
 
 
 def build_argparser() -> argparse.ArgumentParser:
     d = Options()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the named rows only, on a narrow 2-layer CLIP (ratios, not absolute times)",
+    )
+    p.add_argument("--json", default="", help='write {"rows": [...]} (the named rows) here')
+    p.add_argument("--rows-size", choices=sorted(ROW_SIZES), default="", help="CLIP of the rows")
+    p.add_argument("--rows-images", type=int, default=0, help="images per row (0: 4, quick 2)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="the GPU peak of the floor column (default: H100 SXM dense bf16)",
+    )
+    p.add_argument("--no-rows", action="store_true", help="only the per-trainer table")
+    p.add_argument(
+        "--rounds", type=int, default=0, help="alternating measurements per row (0: 2, quick 1)"
+    )
+    p.add_argument("--device", default="cpu", help="device of the named rows (e.g. cuda)")
     p.add_argument("--size", choices=sorted(SIZES), default=d.size, help="CLIP size")
     p.add_argument("--classes", type=int, nargs="+", default=d.classes)
     p.add_argument("--steps", type=int, nargs="+", default=d.steps, help="S for CoOpDiff")
@@ -589,12 +617,14 @@ def build_argparser() -> argparse.ArgumentParser:
         "--other-steps", type=int, nargs="+", default=d.other_steps, help="S for other *Diff"
     )
     p.add_argument("--images", type=int, default=d.images, help="inference batch size")
-    p.add_argument("--repeats", type=int, default=d.repeats, help="timed inference calls")
+    p.add_argument(
+        "--min-time", type=float, default=d.min_time, help="seconds of timed calls per row"
+    )
     p.add_argument(
         "--trainers",
-        nargs="+",
+        nargs="*",
         default=d.trainers,
-        help=f"trainers (and {REFERENCE!r}); missing ones are skipped",
+        help=f"trainers (and {REFERENCE!r}); missing ones are skipped; none: no per-trainer table",
     )
     p.add_argument(
         "--train-classes",
@@ -605,7 +635,7 @@ def build_argparser() -> argparse.ArgumentParser:
     )
     p.add_argument("--train-k", type=int, nargs="+", default=d.train_k, help="overfit steps K")
     p.add_argument("--train-images", type=int, default=d.train_images, help="training batch size")
-    p.add_argument("--train-repeats", type=int, default=d.train_repeats)
+    p.add_argument("--train-min-time", type=float, default=d.train_min_time)
     p.add_argument(
         "--text-chunk", type=int, default=d.text_chunk, help="TRAINER.PD.TEXT_CHUNK (0: none)"
     )
@@ -614,7 +644,7 @@ def build_argparser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workdir", default="", help="keep weights and data here (default: temp)")
-    p.add_argument("--out", default="", help="also write the table as Markdown to this file")
+    p.add_argument("--out", default="", help="also write the tables as Markdown to this file")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -622,20 +652,20 @@ def build_argparser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     args = build_argparser().parse_args(raw)
-    if min(args.images, args.repeats, args.train_images, args.train_repeats) < 1:
-        raise SystemExit("--images, --repeats, --train-images and --train-repeats must be >= 1")
+    if min(args.images, args.train_images) < 1 or min(args.min_time, args.train_min_time) < 0:
+        raise SystemExit("--images and --train-images must be >= 1, the --*min-time >= 0")
     opts = Options(
         size=args.size,
         classes=args.classes,
         steps=args.steps,
         other_steps=args.other_steps,
         images=args.images,
-        repeats=args.repeats,
-        trainers=args.trainers,
+        min_time=args.min_time,
+        trainers=[] if args.quick else args.trainers,
         train_classes=args.train_classes,
         train_k=args.train_k,
         train_images=args.train_images,
-        train_repeats=args.train_repeats,
+        train_min_time=args.train_min_time,
         text_chunk=args.text_chunk,
         seed=args.seed,
         workdir=args.workdir,
@@ -643,19 +673,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    header = describe_run(opts, raw)
+    header = describe_run(opts, raw, args.quick)
     start = time.perf_counter()
-    rows, notes = run_benchmark(opts)
-    text = table(rows)
-    footer = [*notes, f"total benchmark time: {time.perf_counter() - start:.0f} s"]
+    sections = []
+    fast_rows = []
+    if not args.no_rows:
+        bench = Bench(
+            args.rows_size or ("quick" if args.quick else "vit_b16"),
+            args.rows_images or (2 if args.quick else 4),
+            min_run_time=0.5 if args.quick else 1.0,
+            rounds=args.rounds or (1 if args.quick else 2),
+            peak_tflops=args.peak_tflops,
+            device=args.device,
+        )
+        _say(opts, f"named rows on the {bench.size} CLIP, {bench.images} image(s) per row")
+        fast_rows = run_rows(bench, overfit_steps=10, say=lambda m: _say(opts, m))
+        sections.append(fast_table(fast_rows))
+    if opts.trainers:
+        rows, notes = run_benchmark(opts)
+        sections.append(table(rows) + "".join(f"\n- {n}" for n in notes))
+    footer = [f"total benchmark time: {time.perf_counter() - start:.0f} s"]
     print("\n".join(header))
-    print(text)
+    print("\n\n".join(sections))
     print("\n".join(footer))
     if args.out:
         with open(args.out, "w") as f:
-            f.write("\n".join(f"- {line}" for line in header) + "\n\n" + text + "\n\n")
+            f.write("\n".join(f"- {line}" for line in header) + "\n\n")
+            f.write("\n\n".join(sections) + "\n\n")
             f.write("\n".join(f"- {line}" for line in footer) + "\n")
+    if args.json:
+        write_json(args.json, fast_rows)
     return 0
+
+
+def write_json(path: str, rows) -> None:
+    """{"rows": [{"name", "plain_ms", "fast_ms", "ratio", "max_abs_diff", "note"}]}, atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"rows": [r.as_json() for r in rows]}, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

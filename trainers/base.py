@@ -117,8 +117,13 @@ class ClipPromptTrainer(TrainerX):
         self.scaler.scale(loss).backward()
         self.sync_ranks(names)
         for name in self.get_model_names(names):
-            if self._optims[name] is not None:
-                self.scaler.step(self._optims[name])
+            optim = self._optims[name]
+            # GradScaler.step refuses an optimizer none of whose tensors got a gradient (the
+            # denoiser during stage 1)
+            if optim is not None and any(
+                p.grad is not None for group in optim.param_groups for p in group["params"]
+            ):
+                self.scaler.step(optim)
         self.scaler.update()
 
     def forward_backward(self, batch) -> dict:

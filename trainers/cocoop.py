@@ -19,7 +19,7 @@ from promptdiff.backbone.encoders import embed_dim, text_width
 from promptdiff.backbone.prompts import ClassPrompts, context_init
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.base import ClipPromptTrainer
-from trainers.coop import PromptedCLIP
+from trainers.coop import PromptedCLIP, text_settings
 from trainers.prompt_diffusion import PromptDiffusionMixin
 
 
@@ -76,7 +76,7 @@ class CoCoOp(ClipPromptTrainer):
 
     def build_prompt_model(self, cfg, classnames, clip_model):
         learner = CoCoOpPromptLearner(cfg.TRAINER.COCOOP, classnames, clip_model)
-        return CoCoOpCLIP(learner, clip_model, cfg.TRAINER.PD.TEXT_CHUNK)
+        return CoCoOpCLIP(learner, clip_model, *text_settings(cfg))
 
 
 @TRAINER_REGISTRY.register()

@@ -34,11 +34,18 @@ class CoOpPromptLearner(nn.Module):
 class PromptedCLIP(nn.Module):
     """Frozen CLIP plus a prompt learner; caches the class features of a static prompt per evaluation."""
 
-    def __init__(self, prompt_learner: nn.Module, clip_model: nn.Module, chunk_size: int = 0):
+    def __init__(
+        self,
+        prompt_learner: nn.Module,
+        clip_model: nn.Module,
+        chunk_size: int = 0,
+        share_prefix: bool = True,
+    ):
         super().__init__()
         self.prompt_learner = prompt_learner
         self.clip = clip_model
         self.chunk_size = chunk_size or None
+        self.share_prefix = share_prefix
         self._text_cache = None
 
     def image_features(self, image: torch.Tensor) -> torch.Tensor:
@@ -46,7 +53,9 @@ class PromptedCLIP(nn.Module):
 
     def text_features(self) -> torch.Tensor:
         learner = self.prompt_learner
-        return learner.prompts.features(self.clip, learner.ctx, chunk_size=self.chunk_size)
+        return learner.prompts.features(
+            self.clip, learner.ctx, chunk_size=self.chunk_size, share_prefix=self.share_prefix
+        )
 
     def cache_text_features(self) -> None:
         with torch.no_grad():
@@ -66,17 +75,32 @@ class PromptedCLIP(nn.Module):
         return ctx.unsqueeze(0).expand(cond.shape[0], *ctx.shape)
 
     def logits_for(
-        self, image: torch.Tensor, cond: torch.Tensor, prompts: torch.Tensor
+        self,
+        image: torch.Tensor,
+        cond: torch.Tensor,
+        prompts: torch.Tensor,
+        classes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [B, C] of each image with its own context (all class prompts per image)."""
+        """Logits [B, C] of each image with its own context (all class prompts per image), or
+        [B, k] over the classes [B, k] given per image."""
         text = self.prompt_learner.prompts.features(
-            self.clip, prompts, per_sample=True, chunk_size=self.chunk_size
+            self.clip,
+            prompts,
+            per_sample=True,
+            chunk_size=self.chunk_size,
+            classes=classes,
+            share_prefix=self.share_prefix,
         )
         return logits_from_features(self.clip, cond, text)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         text = self._text_cache if self._text_cache is not None else self.text_features()
         return logits_from_features(self.clip, self.image_features(image), text)
+
+
+def text_settings(cfg) -> tuple[int, bool]:
+    """(TEXT_CHUNK, TEXT_SHARE_PREFIX): how per-image class prompts go through the text encoder."""
+    return cfg.TRAINER.PD.TEXT_CHUNK, cfg.TRAINER.PD.TEXT_SHARE_PREFIX
 
 
 @TRAINER_REGISTRY.register()
@@ -87,7 +111,7 @@ class CoOp(ClipPromptTrainer):
 
     def build_prompt_model(self, cfg, classnames, clip_model):
         learner = CoOpPromptLearner(cfg.TRAINER.COOP, classnames, clip_model)
-        return PromptedCLIP(learner, clip_model, cfg.TRAINER.PD.TEXT_CHUNK)
+        return PromptedCLIP(learner, clip_model, *text_settings(cfg))
 
 
 @TRAINER_REGISTRY.register()

@@ -20,6 +20,7 @@ from torch import nn
 from promptdiff.backbone.encoders import text_layers, text_width, vision_layers, vision_width
 from promptdiff.backbone.prompts import ClassPrompts
 from promptdiff.host import TRAINER_REGISTRY, log
+from trainers.coop import text_settings
 from trainers.maple import (
     DeepTextPrompts,
     MaPLe,
@@ -84,7 +85,7 @@ class IVLP(MaPLe):
 
     def build_prompt_model(self, cfg, classnames, clip_model):
         learner = IVLPPromptLearner(cfg.TRAINER.IVLP, classnames, clip_model)
-        return MultiModalPromptedCLIP(learner, clip_model, cfg.TRAINER.PD.TEXT_CHUNK)
+        return MultiModalPromptedCLIP(learner, clip_model, *text_settings(cfg))
 
 
 @TRAINER_REGISTRY.register()

@@ -33,6 +33,7 @@ from promptdiff.backbone.encoders import (
 from promptdiff.backbone.prompts import ClassPrompts, context_init
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.base import ClipPromptTrainer, logits_from_features
+from trainers.coop import text_settings
 from trainers.prompt_diffusion import PromptDiffusionMixin
 
 
@@ -125,15 +126,28 @@ class MultiModalPromptedCLIP(nn.Module):
     any DeepTextPrompts with `vision_prompts(text_prompts)`); caches the class features per
     evaluation."""
 
-    def __init__(self, prompt_learner: DeepTextPrompts, clip_model: nn.Module, chunk_size=0):
+    def __init__(
+        self,
+        prompt_learner: DeepTextPrompts,
+        clip_model: nn.Module,
+        chunk_size: int = 0,
+        share_prefix: bool = True,
+    ):
         super().__init__()
         self.prompt_learner = prompt_learner
         self.clip = clip_model
         self.chunk_size = chunk_size or None
+        self.share_prefix = share_prefix
         self._text_cache = None
 
-    def text_features(self, text_prompts: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
-        """Class features [C, E] for prompts [L, n, Dt], or [B, C, E] for [B, L, n, Dt]."""
+    def text_features(
+        self,
+        text_prompts: torch.Tensor,
+        per_sample: bool = False,
+        classes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Class features [C, E] for prompts [L, n, Dt], or [B, C, E] for [B, L, n, Dt] ([B, k, E]
+        for the classes [B, k] given per image)."""
         deep = text_prompts[..., 1:, :, :] if text_prompts.shape[-3] > 1 else None
         return self.prompt_learner.prompts.features(
             self.clip,
@@ -141,6 +155,8 @@ class MultiModalPromptedCLIP(nn.Module):
             per_sample=per_sample,
             deep_prompts=deep,
             chunk_size=self.chunk_size,
+            classes=classes,
+            share_prefix=self.share_prefix,
         )
 
     def cache_text_features(self) -> None:
@@ -168,10 +184,15 @@ class MultiModalPromptedCLIP(nn.Module):
         return prompts.unsqueeze(0).expand(cond.shape[0], *prompts.shape)
 
     def logits_for(
-        self, image: torch.Tensor, cond: torch.Tensor, prompts: torch.Tensor
+        self,
+        image: torch.Tensor,
+        cond: torch.Tensor,
+        prompts: torch.Tensor,
+        classes: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits [B, C]: per-image text prompts [B, L, n, Dt] and their vision prompts."""
-        text = self.text_features(prompts, per_sample=True)
+        """Logits [B, C]: per-image text prompts [B, L, n, Dt] and their vision prompts ([B, k]
+        over the classes [B, k] given per image)."""
+        text = self.text_features(prompts, per_sample=True, classes=classes)
         feats = encode_image(self.clip, image, self.prompt_learner.vision_prompts(prompts))
         return logits_from_features(self.clip, feats, text)
 
@@ -184,7 +205,7 @@ class MaPLe(ClipPromptTrainer):
 
     def build_prompt_model(self, cfg, classnames, clip_model):
         learner = MaPLePromptLearner(cfg.TRAINER.MAPLE, classnames, clip_model)
-        return MultiModalPromptedCLIP(learner, clip_model, cfg.TRAINER.PD.TEXT_CHUNK)
+        return MultiModalPromptedCLIP(learner, clip_model, *text_settings(cfg))
 
 
 @TRAINER_REGISTRY.register()

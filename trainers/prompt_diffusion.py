@@ -34,6 +34,7 @@ from promptdiff.diffusion import (
 from promptdiff.engine import distributed
 from promptdiff.host import log
 from trainers.base import accuracy
+from trainers.overfit_classes import overfit_loss_classes
 
 INFERENCE_MODES = ("sample", "base", "mean")
 # OVERFIT_LR auto tries these multiples of the prompt's rms, smallest first, and keeps the first
@@ -131,6 +132,7 @@ class PromptDiffusionMixin:
             "HEADS": 1,
             "DIFFUSE_LAYERS": 0,
             "TEXT_CHUNK": 0,
+            "OVERFIT_CLASSES": 0,
             "WEIGHT_DECAY": 0,
             "DIFF_WEIGHT": 0,
             "CE_WEIGHT": 0,
@@ -296,18 +298,22 @@ class PromptDiffusionMixin:
         of the over-fitted prompts on their own images)."""
         pd = self.cfg.TRAINER.PD
         last = {}
+        # TRAINER.PD.OVERFIT_CLASSES: all classes, or the true class + the hardest under `base`
+        logits_fn, of_label = overfit_loss_classes(
+            self.model, image, cond, base, label, self.num_classes, pd.OVERFIT_CLASSES
+        )
 
         def per_sample_ce(delta: torch.Tensor) -> torch.Tensor:
-            logits = self.model.logits_for(image, cond, base + delta).float()
+            logits = logits_fn(base + delta).float()
             last["logits"] = logits
-            return F.cross_entropy(logits, label, reduction="none")
+            return F.cross_entropy(logits, of_label, reduction="none")
 
         def run(lr: float):
             zero = torch.zeros_like(base[0], dtype=torch.float32)
             fit = overfit_per_sample(
                 per_sample_ce, zero, image.shape[0], pd.OVERFIT_STEPS, lr, pd.OVERFIT_OPTIM
             )
-            return fit, accuracy(last["logits"], label)
+            return fit, accuracy(last["logits"], of_label)
 
         return run(self.overfit_lr(run, base))
 

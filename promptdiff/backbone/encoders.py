@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 PromptLayers = Tensor | Sequence[Tensor]
 
@@ -224,20 +226,27 @@ def encode_text(
         raise ValueError(f"chunk_size must be a positive integer or None (got {chunk_size}).")
     if chunk_size is None or chunk_size >= n_seq:
         return _encode_text_chunk(clip_model, embeddings, eot_index, layers, prompt_start, truncate)
+    # with gradients, a chunk's activations are recomputed in backward instead of kept, so peak
+    # memory holds one chunk's whatever the number of sequences
+    grad = torch.is_grad_enabled() and (
+        embeddings.requires_grad or any(p.requires_grad for p in layers)
+    )
     outputs = []
     for start in range(0, n_seq, chunk_size):
         stop = start + chunk_size
         chunk_layers = [p[start:stop] if p.dim() == 3 else p for p in layers]
-        outputs.append(
-            _encode_text_chunk(
-                clip_model,
-                embeddings[start:stop],
-                eot_index[start:stop],
-                chunk_layers,
-                prompt_start,
-                truncate,
-            )
+        args = (
+            clip_model,
+            embeddings[start:stop],
+            eot_index[start:stop],
+            chunk_layers,
+            prompt_start,
+            truncate,
         )
+        if grad:
+            outputs.append(checkpoint(_encode_text_chunk, *args, use_reentrant=False))
+        else:
+            outputs.append(_encode_text_chunk(*args))
     return torch.cat(outputs, dim=0)
 
 
@@ -288,3 +297,169 @@ def encode_text_tokens(
     return encode_text(
         clip_model, embeddings, tokens.argmax(dim=-1), truncate=truncate, chunk_size=chunk_size
     )
+
+
+# ---- prefix sharing ------------------------------------------------------------------------------
+# CLIP's text transformer is causal, so the hidden states of a class-independent prefix
+# ([SOS] + context, in the "end" layout) are the same for every class prompt built on it. They are
+# computed once per group (an image, or one shared prompt); each class's suffix (name, ".", EOT)
+# then runs through every block attending over the cached prefix keys/values plus its own causal
+# past. Same block weights, same arithmetic up to float rounding; the prefix's linear layers run
+# once instead of once per class.
+
+
+def _heads(x: Tensor, n_heads: int) -> Tensor:
+    """[N, T, D] -> [N, H, T, D/H]."""
+    n, t, d = x.shape
+    return x.view(n, t, n_heads, d // n_heads).transpose(1, 2)
+
+
+def _qkv(block: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    attn = block.attn
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    n_heads = attn.num_heads
+    return _heads(q, n_heads), _heads(k, n_heads), _heads(v, n_heads)
+
+
+def _attn_out(block: nn.Module, x: Tensor, a: Tensor) -> Tensor:
+    """Residual attention output, then the block's MLP (CLIP's ResidualAttentionBlock order)."""
+    n, _, t, _ = a.shape
+    a = a.transpose(1, 2).reshape(n, t, -1)
+    x = x + block.attn.out_proj(a)
+    return x + block.mlp(block.ln_2(x))
+
+
+def _prefix_kv(
+    clip_model: nn.Module, prefix: Tensor, layers: list[Tensor], prompt_start: int
+) -> list[tuple[Tensor, Tensor]]:
+    """Keys and values [G, H, P, Dh] of the prefix at every text block."""
+    x = prefix
+    blocks = list(clip_model.transformer.resblocks)
+    cache = []
+    for i, block in enumerate(blocks):
+        if 0 < i <= len(layers):
+            p = layers[i - 1].to(device=x.device, dtype=x.dtype)
+            p = p.unsqueeze(0).expand(x.shape[0], -1, -1) if p.dim() == 2 else p
+            x = torch.cat([x[:, :prompt_start], p, x[:, prompt_start + p.shape[1] :]], dim=1)
+        q, k, v = _qkv(block, block.ln_1(x))
+        cache.append((k, v))
+        if i + 1 < len(blocks):  # the last block's prefix output is never read
+            x = _attn_out(block, x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    return cache
+
+
+def _suffix_features(
+    clip_model: nn.Module,
+    suffix: Tensor,
+    eot: Tensor,
+    groups: Tensor,
+    cache: list[tuple[Tensor, Tensor]],
+) -> Tensor:
+    """Features [n, E] of n suffixes [n, S, D] (positional embedding added), sequence j reading
+    the prefix cache of group groups[j]; eot: EOT positions [n] within the suffix."""
+    x = suffix
+    s = x.shape[1]
+    p = cache[0][0].shape[2]
+    # query i of the suffix sees the whole prefix and suffix positions <= i
+    mask = torch.ones(s, p + s, dtype=torch.bool, device=x.device)
+    mask[:, p:] = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
+    for block, (k_p, v_p) in zip(clip_model.transformer.resblocks, cache, strict=True):
+        q, k, v = _qkv(block, block.ln_1(x))
+        k = torch.cat([k_p[groups], k], dim=2)
+        v = torch.cat([v_p[groups], v], dim=2)
+        x = _attn_out(block, x, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    x = clip_model.ln_final(x).type(_model_dtype(clip_model))
+    rows = torch.arange(x.shape[0], device=x.device)
+    return x[rows, eot] @ clip_model.text_projection
+
+
+def encode_text_shared_prefix(
+    clip_model: nn.Module,
+    prefix: Tensor,
+    suffix: Tensor,
+    eot_index: Tensor,
+    deep_prompts: PromptLayers | None = None,
+    prompt_start: int = 1,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Text features [G, C, E] of the sequences prefix[g] + suffix[g, c] (token embeddings, no
+    positional embedding yet), computing each prefix's hidden states once.
+
+    prefix: [G, P, D]; suffix: [C, S, D] shared by the groups or [G, C, S, D]; eot_index: EOT
+    positions in the whole sequence, [C] or [G, C], each >= P. Deep text prompts as in
+    `encode_text`, [L-1, n, D] shared or per group [G, L-1, n, D]; they must lie in the prefix.
+    Equal to `encode_text` on the concatenated sequences (truncated after the last EOT) up to
+    float rounding. chunk_size: (group, class) pairs per pass; with gradients each chunk is
+    checkpointed, so peak memory holds one chunk's activations whatever the class count.
+    """
+    if prefix.dim() != 3 or suffix.dim() not in (3, 4):
+        raise ValueError(
+            f"prefix must be [G, P, D] and suffix [C, S, D] or [G, C, S, D] "
+            f"(got {tuple(prefix.shape)} and {tuple(suffix.shape)})."
+        )
+    n_groups, n_prefix, width = prefix.shape
+    if suffix.dim() == 4 and suffix.shape[0] != n_groups:
+        raise ValueError(f"suffix has {suffix.shape[0]} groups, prefix {n_groups}.")
+    n_cls = suffix.shape[-3]
+    if width != text_width(clip_model) or suffix.shape[-1] != width:
+        raise ValueError(
+            f"Text embeddings have width {width} / {suffix.shape[-1]}, but the model's text width "
+            f"is {text_width(clip_model)}."
+        )
+    if eot_index.shape not in ((n_cls,), (n_groups, n_cls)):
+        raise ValueError(
+            f"eot_index must have shape [{n_cls}] or [{n_groups}, {n_cls}] "
+            f"(got {tuple(eot_index.shape)})."
+        )
+    if n_cls and int(eot_index.min()) < n_prefix:
+        raise ValueError(f"Every EOT must lie after the {n_prefix} prefix tokens.")
+    length = n_prefix + suffix.shape[-2]
+    if n_cls and int(eot_index.max()) >= length:
+        raise ValueError(
+            f"eot_index {int(eot_index.max())} is beyond the sequence length {length}."
+        )
+    layers: list[Tensor] = []
+    if deep_prompts is not None:
+        layers = _prompt_layers(deep_prompts, n_groups, width, "Deep text prompts", "group")
+        if len(layers) + 1 > text_layers(clip_model):
+            raise ValueError(
+                f"Deep text prompts give prompt depth {len(layers) + 1}, more than the model's "
+                f"{text_layers(clip_model)} text layers."
+            )
+        if layers and not (0 <= prompt_start and prompt_start + layers[0].shape[-2] <= n_prefix):
+            raise ValueError(
+                f"Deep text prompts of {layers[0].shape[-2]} tokens at prompt_start "
+                f"{prompt_start} must lie inside the {n_prefix}-token shared prefix."
+            )
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer or None (got {chunk_size}).")
+
+    dtype = _model_dtype(clip_model)
+    pos = clip_model.positional_embedding.type(dtype)
+    # causal: tokens after the last EOT never reach an EOT feature
+    keep = int(eot_index.max()) + 1 - n_prefix if n_cls else 1
+    suffix, suffix_pos = suffix[..., :keep, :], pos[n_prefix : n_prefix + keep]
+    prefix = prefix.type(dtype) + pos[:n_prefix]
+    cache = _prefix_kv(clip_model, prefix, layers, prompt_start)
+
+    device = prefix.device
+    total = n_groups * n_cls
+    eot = (eot_index.to(device) - n_prefix).expand(n_groups, n_cls).reshape(-1)
+    step = total if chunk_size is None else chunk_size
+    grad = torch.is_grad_enabled() and (
+        prefix.requires_grad or suffix.requires_grad or any(p.requires_grad for p in layers)
+    )
+    outputs = []
+    for start in range(0, total, max(step, 1)):
+        pairs = torch.arange(start, min(start + step, total), device=device)
+        groups, classes = pairs // n_cls, pairs % n_cls
+        # gathered per chunk, so nothing of size pairs x tokens exists beyond one chunk
+        chunk = suffix[classes] if suffix.dim() == 3 else suffix[groups, classes]
+        chunk = chunk.type(dtype) + suffix_pos
+        args = (clip_model, chunk, eot[pairs], groups, cache)
+        if grad and step < total:
+            outputs.append(checkpoint(_suffix_features, *args, use_reentrant=False))
+        else:
+            outputs.append(_suffix_features(*args))
+    out = torch.cat(outputs) if outputs else prefix.new_zeros(0, embed_dim(clip_model))
+    return out.view(n_groups, n_cls, -1)

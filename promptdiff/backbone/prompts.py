@@ -86,6 +86,11 @@ class ClassPrompts(nn.Module):
         self.register_buffer(
             "order", self._token_order(name_lens, tokenized.shape[1]).to(device), persistent=False
         )
+        # suffix tokens every class shares right after the context ("of a" in MaPLe's "a photo
+        # <of a> <class>."): they belong to the class-independent prefix too; the EOT never does
+        rest = tokenized[:, 1 + n_ctx :]
+        same = (rest == rest[:1]).all(0).long().cumprod(0).sum().item() if len(names) else 0
+        self.n_common = int(min(same, int(self.eot_index.min()) - 1 - n_ctx)) if len(names) else 0
 
     def _token_order(self, name_lens: list[int], length: int) -> torch.Tensor:
         """Per class, which position of the "end" layout [SOS, ctx, name, rest] goes where."""
@@ -128,6 +133,10 @@ class ClassPrompts(nn.Module):
         index = self.order.view(*([1] * len(batch)), *self.order.shape, 1).expand_as(emb)
         return torch.gather(emb, -2, index)
 
+    def shares_prefix(self, ctx: torch.Tensor, per_sample: bool) -> bool:
+        """Whether [SOS] + context is class-independent: "end" layout, one context for all classes."""
+        return self.position == "end" and ctx.dim() == (3 if per_sample else 2)
+
     def features(
         self,
         clip_model: nn.Module,
@@ -135,20 +144,68 @@ class ClassPrompts(nn.Module):
         per_sample: bool = False,
         deep_prompts: torch.Tensor | None = None,
         chunk_size: int | None = None,
+        classes: torch.Tensor | None = None,
+        share_prefix: bool = True,
     ) -> torch.Tensor:
         """Text features [C, E] (or [B, C, E] per sample) of the class prompts with `ctx`.
 
         deep_prompts: [L-1, n, D] shared, or [B, L-1, n, D] per sample (MaPLe's deeper prompts).
+        classes: [B, k] class indices per sample (per_sample only): features [B, k, E] of those.
+        share_prefix: encode the class-independent prefix once per context where the layout
+        allows (see `encode_text_shared_prefix`); otherwise, or False, every sequence in full.
         """
+        if classes is not None and (not per_sample or classes.dim() != 2):
+            raise ValueError("classes must be [B, k] indices and needs per_sample=True.")
+        if share_prefix and self.shares_prefix(ctx, per_sample):
+            return self._shared_features(
+                clip_model, ctx, per_sample, deep_prompts, chunk_size, classes
+            )
         from promptdiff.backbone.encoders import encode_text
 
         emb = self.embed(ctx, per_sample=per_sample)
         if not per_sample:
             return encode_text(clip_model, emb, self.eot_index, deep_prompts, chunk_size=chunk_size)
         batch = emb.shape[0]
-        eot = self.eot_index.repeat(batch)
+        eot = self.eot_index.expand(batch, -1)
+        if classes is not None:
+            index = classes.to(emb.device)
+            emb = torch.gather(emb, 1, index[..., None, None].expand(-1, -1, *emb.shape[2:]))
+            eot = torch.gather(eot, 1, index)
+        n_cls = emb.shape[1]
         if deep_prompts is not None and deep_prompts.dim() == 4:
             # one deep-prompt stack per image, shared by that image's class prompts
-            deep_prompts = deep_prompts.repeat_interleave(self.n_cls, dim=0)
-        out = encode_text(clip_model, emb.flatten(0, 1), eot, deep_prompts, chunk_size=chunk_size)
-        return out.view(batch, self.n_cls, -1)
+            deep_prompts = deep_prompts.repeat_interleave(n_cls, dim=0)
+        out = encode_text(
+            clip_model, emb.flatten(0, 1), eot.reshape(-1), deep_prompts, chunk_size=chunk_size
+        )
+        return out.view(batch, n_cls, -1)
+
+    def _shared_features(self, clip_model, ctx, per_sample, deep_prompts, chunk_size, classes):
+        from promptdiff.backbone.encoders import encode_text_shared_prefix
+
+        ctx = ctx.to(self.token_prefix.dtype)
+        contexts = ctx if per_sample else ctx.unsqueeze(0)
+        batch = contexts.shape[0]
+        deep_shared = deep_prompts is None or deep_prompts.dim() == 3 or deep_prompts.stride(0) == 0
+        if per_sample and classes is None and batch > 1 and ctx.stride(0) == 0 and deep_shared:
+            # one context expanded over the batch (e.g. the base prompt of CoOp or MaPLe): encode
+            # it once
+            deep = (
+                deep_prompts[0]
+                if deep_prompts is not None and deep_prompts.dim() == 4
+                else deep_prompts
+            )
+            one = self._shared_features(clip_model, ctx[:1], True, deep, chunk_size, None)
+            return one.expand(batch, -1, -1)
+        common = self.token_suffix[:1, : self.n_common].expand(batch, -1, -1)
+        sos = self.token_prefix[:1].expand(batch, -1, -1)
+        prefix = torch.cat([sos, contexts, common], dim=1)
+        suffix = self.token_suffix[:, self.n_common :]
+        eot = self.eot_index
+        if classes is not None:
+            index = classes.to(suffix.device)
+            suffix, eot = suffix[index], eot[index]
+        out = encode_text_shared_prefix(
+            clip_model, prefix, suffix, eot, deep_prompts, chunk_size=chunk_size
+        )
+        return out if per_sample else out[0]
