@@ -254,9 +254,11 @@ def test_run_with_checkpoint_but_no_results_is_resumed(setup, trained, tmp_path)
 
     out = ok(run(setup, tmp_path, "scripts/CoOp/base2new_train.sh", "caltech101", "1"))
     assert "Skip" not in out and f"Resuming the unfinished run in {run_dir}" in out
-    [new_log] = run_dir.glob("log.txt-*")  # the engine keeps the old log
-    text = new_log.read_text()
+    assert not list(run_dir.glob("log.txt-*"))  # a resumed run continues its log.txt
+    old_part, text = (run_dir / "log.txt").read_text().split("this log continues", 1)
+    assert old_part.startswith("epoch [1/1] batch [1/1] ...\n")
     assert "(will resume training)" in text and "epoch [" not in text  # nothing retrained
+    assert "Resumed from the checkpoint of epoch 1 (model.pth.tar-1 of prompt_learner" in text
     assert results(run_dir)["total"] == test_counts(setup)[0]
 
     # a folder left by a run that crashed before its first checkpoint is run, not skipped
