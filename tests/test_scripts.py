@@ -242,6 +242,19 @@ def test_second_call_skips_and_reruns_nothing(setup, trained):
     assert snapshot() == before  # no new log.txt-<time>, log.txt untouched
 
 
+def test_finished_run_with_other_options_is_not_skipped(setup, trained):
+    run_dir = trained / "base2new/train_base/caltech101" / RUN
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    extra = setup["extra"] + " OPTIM.LR 0.5"
+    proc = run(setup, trained, "scripts/CoOp/base2new_train.sh", "caltech101", "1",
+               EXTRA_OPTS=extra)  # fmt: skip
+    assert proc.returncode == 1 and "Skip" not in proc.stdout
+    assert f"{run_dir} holds the results of a run with other options (OPTIM.LR: 0.002 -> 0.5)" in (
+        proc.stderr
+    )
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
 def test_run_with_checkpoint_but_no_results_is_resumed(setup, trained, tmp_path):
     # an interrupted run: checkpoint written, final test not reached
     run_dir = tmp_path / "base2new/train_base/caltech101" / RUN

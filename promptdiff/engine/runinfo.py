@@ -128,18 +128,19 @@ def git_commit() -> str | None:
 
 
 def package_versions() -> dict[str, str | None]:
-    """Versions of the packages that decide a result."""
-    versions = {}
-    for name, dist in (
-        ("torch", "torch"),
-        ("torchvision", "torchvision"),
-        ("clip", "clip-anytorch"),
-        ("promptdiff", "promptdiff"),
-    ):
-        try:
-            versions[name] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    """Versions of the packages that decide a result (torch's with its build tag, e.g. +cu130)."""
+    import torch
+    import torchvision
+
+    versions = {"torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    for name, dists in (("clip", ("clip-anytorch", "clip")), ("promptdiff", ("promptdiff",))):
+        versions[name] = None
+        for dist in dists:
+            try:
+                versions[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
     if versions["promptdiff"] is None:
         import promptdiff
 

@@ -134,8 +134,12 @@ class TrainerBase:
             if not model_name:
                 previous, manifest["last"] = manifest["last"], unit
                 if previous and previous != unit and not manifest["units"][previous]["keep"]:
-                    stale.append(previous)
                     del manifest["units"][previous]
+                    stale.append(previous)
+            # files of dropped units are deleted after the manifest stops naming them; a kill in
+            # between leaves them listed here for the next save or resume to delete
+            stale = [u for u in manifest.get("pruned", []) if u != unit] + stale
+            manifest["pruned"] = stale
             write_manifest(directory, manifest)
         except WriteError as exc:
             for path in written:
@@ -152,9 +156,14 @@ class TrainerBase:
         for name in names:
             if not model_name:
                 write_record(os.path.join(directory, name), unit)
-            for old in stale:
+        self.delete_units(directory, stale)
+
+    def delete_units(self, directory: str, units: list[str]) -> None:
+        """Delete the files of checkpoint units the manifest no longer names."""
+        for name in self.get_model_names():
+            for unit in units:
                 with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(directory, name, old))
+                    os.remove(os.path.join(directory, name, unit))
 
     def checkpoint_meta(self) -> dict:
         """What every checkpoint and the manifest record about the run (trainer, config)."""
@@ -180,6 +189,15 @@ class TrainerBase:
                     f"The checkpoint in {directory} holds the models {saved}, this trainer has "
                     f"{names}; resume it with the trainer that wrote it or use another output folder."
                 )
+            # what an interrupted save left: files of dropped units, and of a newer unit that
+            # never became complete (the resumed run writes that epoch again)
+            last_epoch = manifest["units"][unit]["epoch"]
+            self.delete_units(directory, manifest.get("pruned", []))
+            for name in names:
+                for fname in os.listdir(os.path.join(directory, name)):
+                    tail = fname.removeprefix("model.pth.tar-")
+                    if tail.isdigit() and int(tail) > last_epoch and fname not in manifest["units"]:
+                        os.remove(os.path.join(directory, name, fname))
         else:  # written before checkpoint manifests: the per-model records must agree
             records = {n: last_checkpoint_name(os.path.join(directory, n)) for n in names}
             if not all(records.values()):

@@ -21,6 +21,8 @@ logger = logging.getLogger("promptdiff")
 _quiet = False
 # temporary files of atomic_write; a killed run leaves them, the next start removes them
 TMP_PREFIX = ".tmp-"
+# OUTPUT_DIR/<this> holds "PID HOST" of the run writing the folder
+LOCK_NAME = ".promptdiff.lock"
 
 
 def set_random_seed(seed: int) -> None:
@@ -91,12 +93,22 @@ def atomic_write(path: str, write_fn, mode: str = "w") -> None:
 
 
 def remove_stale_tmp(directory: str) -> list[str]:
-    """Delete the temporary files a killed writer left in `directory` and its subfolders."""
+    """Delete the temporary files a killed writer left in `directory` and its model folders.
+
+    Only one level down, and not in a folder with its own lock: another run may be writing there.
+    """
+    if not os.path.isdir(directory):
+        return []
+    folders = [directory] + [
+        path
+        for path in (os.path.join(directory, d) for d in sorted(os.listdir(directory)))
+        if os.path.isdir(path) and not os.path.exists(os.path.join(path, LOCK_NAME))
+    ]
     removed = []
-    for root, _, files in os.walk(directory):
-        for name in files:
-            if name.startswith(TMP_PREFIX):
-                path = os.path.join(root, name)
+    for folder in folders:
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name.startswith(TMP_PREFIX) and os.path.isfile(path):
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(path)
                     removed.append(path)
@@ -116,9 +128,6 @@ def read_json(path: str):
 def torch_save_atomic(obj, path: str) -> None:
     """torch.save through a temporary name so an interrupted save never leaves a broken file."""
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
-
-
-LOCK_NAME = ".promptdiff.lock"
 
 
 class FolderInUse(RuntimeError):
