@@ -234,7 +234,9 @@ def run(cfg, args) -> None:
     before = os.path.getmtime(results) if os.path.isfile(results) else None
     trainer = build_trainer(cfg)
     if args.eval_only:
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        # the built-in engine also refuses a model trained with other options
+        check = {"check_run": True} if HOST == "builtin" else {}
+        trainer.load_model(args.model_dir, epoch=args.load_epoch, **check)
         trainer.test()
     elif not args.no_train:
         if cfg.OUTPUT_DIR and is_main_process():

@@ -392,14 +392,14 @@ def test_non_finite_loss_names_term_epoch_batch_and_keeps_checkpoint(
 
         monkeypatch.setattr(PromptDiffusion, "training_loss", training_loss)
     else:
-        original_fit = pd_mod.overfit_per_sample
+        original_fit = pd_mod.PromptDiffusionMixin.overfit
 
-        def fit(*a, **k):
-            result = original_fit(*a, **k)
+        def fit(self, *a, **k):  # one call per batch (after any OVERFIT_LR auto calibration)
+            result, acc = original_fit(self, *a, **k)
             result.targets = poisoned(result.targets)
-            return result
+            return result, acc
 
-        monkeypatch.setattr(pd_mod, "overfit_per_sample", fit)
+        monkeypatch.setattr(pd_mod.PromptDiffusionMixin, "overfit", fit)
     out = str(tmp_path / "nan")
     args = _diff_args(shapes_root, tiny_weights, out, "TRAINER.PD.STAGE1_EPOCHS", stage1)
     assert cli(args) == 1

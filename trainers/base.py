@@ -158,6 +158,10 @@ class ClipPromptTrainer(TrainerX):
                     f"or check the data."
                 )
 
+    def accepts_checkpoint_of(self, trainer: str) -> bool:
+        # a *Diff trainer's prompt_learner is its baseline's, so their files load both ways
+        return trainer.removesuffix("Diff") == self.cfg.TRAINER.NAME.removesuffix("Diff")
+
     def weights_identity(self) -> dict:
         """The CLIP weights file this run loads (path, size, sha256), hashed once."""
         if getattr(self, "_weights_identity", None) is None:

@@ -230,9 +230,10 @@ class TrainerBase:
     def check_run_identity(self, saved: dict, source: str, evaluating: bool) -> None:
         """Hook: refuse a checkpoint whose run-defining options differ from this run's."""
 
-    def load_model(self, directory: str, epoch: int | None = None) -> None:
+    def load_model(self, directory: str, epoch: int | None = None, check_run: bool = False) -> None:
         """Load each registered model from directory/<name>/model.pth.tar-<epoch> (or model-best),
-        strictly: every tensor must fit, and all models must come from one complete save."""
+        strictly: every tensor must fit, and all models must come from one complete save.
+        check_run (train.py --eval-only) also refuses a model trained with other options."""
         if not directory:
             logger.info("Note that load_model() is skipped as no pretrained model is given")
             return
@@ -249,7 +250,7 @@ class TrainerBase:
             fpath = os.path.join(directory, name, model_file)
             ckpt = load_checkpoint(fpath)
             self.check_trainer(ckpt, fpath)
-            if not checked and "run" in ckpt:
+            if check_run and not checked and "run" in ckpt:
                 self.check_run_identity(ckpt, fpath, evaluating=True)
                 checked = True
             state_dict = self.filter_loaded_state_dict(name, ckpt["state_dict"])
@@ -536,9 +537,13 @@ class SimpleTrainer(TrainerBase):
         """{path, size, sha256} of the pretrained weights the model is built on (None: none)."""
         return None
 
+    def accepts_checkpoint_of(self, trainer: str) -> bool:
+        """Whether this trainer's models load the files another trainer saved."""
+        return trainer == self.cfg.TRAINER.NAME
+
     def check_trainer(self, ckpt: dict, fpath: str) -> None:
         saved = ckpt.get("trainer")  # absent in upstream Dassl checkpoints
-        if saved and saved != self.cfg.TRAINER.NAME:
+        if saved and not self.accepts_checkpoint_of(saved):
             raise RuntimeError(
                 f"Checkpoint {fpath} was saved by trainer {saved}, not {self.cfg.TRAINER.NAME}; "
                 f"evaluate it with --trainer {saved}."
