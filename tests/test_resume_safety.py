@@ -429,6 +429,28 @@ def test_checkpoint_freq_overrides_per_epoch_default(shapes_root, tiny_weights, 
     assert sorted(_manifest(out)["units"]) == ["model.pth.tar-2", "model.pth.tar-3"]
 
 
+def test_damaged_last_unit_falls_back_to_the_previous_complete_one(
+    shapes_root, tiny_weights, tmp_path
+):
+    out = str(tmp_path / "freq")
+    args = _coop_args(shapes_root, tiny_weights, out, "OPTIM.MAX_EPOCH", "3",
+                      "TRAIN.CHECKPOINT_FREQ", "1")  # fmt: skip
+    assert cli(args) == 0
+    last = os.path.join(out, "prompt_learner", "model.pth.tar-3")
+    ctx = load_checkpoint(last)["state_dict"]["ctx"]
+    accuracy = read_results(out)["accuracy"]
+    os.remove(os.path.join(out, "results.json"))
+    with open(last, "r+b") as f:  # damaged on disk after it was written
+        f.truncate(100)
+    assert cli(args) == 0
+    with open(os.path.join(out, "log.txt")) as f:
+        log = f.read()
+    assert "Cannot resume from model.pth.tar-3 (Cannot read checkpoint" in log
+    assert "Resumed from the checkpoint of epoch 2 (model.pth.tar-2" in log
+    assert torch.equal(load_checkpoint(last)["state_dict"]["ctx"], ctx)  # epoch 3 redone exactly
+    assert read_results(out)["accuracy"] == accuracy
+
+
 def _zero_shot(shapes_root: str, tiny_weights: str, out: str) -> list[str]:
     args = train_args(shapes_root, out, "ZeroshotCLIP", "CoOp/vit_b16_ep50", tiny_weights,
                       prec_key="ZSCLIP")  # fmt: skip

@@ -211,15 +211,26 @@ class TrainerBase:
                 )
             unit = next(iter(records.values()))
         logger.info(f"Found checkpoint at {directory} (will resume training)")
-        start_epoch = 0
-        for name in names:
-            start_epoch = resume_from_checkpoint(
-                os.path.join(directory, name),
-                self._models[name],
-                self._optims[name],
-                self._scheds[name],
-                fname=unit,
-            )
+        # a unit whose files were damaged after it was complete gives way to the previous one
+        units = [unit]
+        if manifest is not None:
+            older = [u for u in manifest["units"] if u != unit and u.startswith("model.pth.tar-")]
+            units += sorted(older, key=_unit_order, reverse=True)
+        for unit in units:
+            try:
+                for name in names:
+                    start_epoch = resume_from_checkpoint(
+                        os.path.join(directory, name),
+                        self._models[name],
+                        self._optims[name],
+                        self._scheds[name],
+                        fname=unit,
+                    )
+                break
+            except (FileNotFoundError, RuntimeError) as exc:
+                if unit == units[-1]:
+                    raise
+                logger.info(f"Cannot resume from {unit} ({exc}); trying the previous complete one")
         self.resumed_manifest = manifest or {}
         logger.info(
             f"Resumed from the checkpoint of epoch {start_epoch} ({unit} of {', '.join(names)} "
@@ -308,7 +319,13 @@ class TrainerBase:
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
-            raise FloatingPointError("Loss is infinite or NaN!")
+            where = ""
+            if hasattr(self, "batch_idx"):
+                where = (
+                    f" at epoch {self.epoch + 1}/{self.max_epoch}, batch {self.batch_idx + 1}/"
+                    f"{self.num_batches}; training stopped and the last complete checkpoint is kept"
+                )
+            raise FloatingPointError(f"Loss is infinite or NaN{where}.")
 
     def init_writer(self, log_dir: str) -> None:
         if self._writer is None and ddp.is_main_process():
