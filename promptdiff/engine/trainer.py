@@ -277,6 +277,10 @@ class TrainerBase:
             )
         self.evaluated_epoch = next(iter(epochs.values()), None)
 
+    def filter_loaded_state_dict(self, name: str, state_dict: dict) -> dict:
+        """Hook to drop entries (e.g. frozen token buffers) before load_model applies a checkpoint."""
+        return state_dict
+
     def check_trainer(self, ckpt: dict, fpath: str) -> None:
         """Hook: refuse a checkpoint another trainer saved."""
 
@@ -636,7 +640,9 @@ class SimpleTrainer(TrainerBase):
             "seed": cfg.SEED,
             "backbone": cfg.MODEL.BACKBONE.NAME,
             "clip_weights": self.weights_identity(),
-            "epoch": self.evaluated_epoch,
+            "epoch": self.evaluated_epoch
+            if self.evaluated_epoch is not None
+            else self.trained_epochs(),
             "fingerprint": run["fingerprint"],
             "run_config": run["config"],
             "git_commit": git_commit(),
@@ -644,6 +650,10 @@ class SimpleTrainer(TrainerBase):
         }
         name = "results.json" if split == "test" else f"results_{split}.json"
         write_json(record, os.path.join(self.output_dir, name))
+
+    def trained_epochs(self) -> int | None:
+        """Epochs trained in this process (a host loop that does not track evaluated_epoch)."""
+        return self.epoch + 1 if hasattr(self, "time_start") else None
 
     def parse_batch_test(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)
