@@ -158,6 +158,17 @@ class TrainerBase:
                 write_record(os.path.join(directory, name), unit)
         self.delete_units(directory, stale)
 
+    def saved_epochs(self, directory: str) -> set[int]:
+        """The epochs of the model.pth.tar-<epoch> files in the models' folders."""
+        epochs = set()
+        for name in self.get_model_names():
+            folder = os.path.join(directory, name)
+            for fname in os.listdir(folder) if os.path.isdir(folder) else []:
+                tail = fname.removeprefix("model.pth.tar-")
+                if tail != fname and tail.isdigit():
+                    epochs.add(int(tail))
+        return epochs
+
     def delete_units(self, directory: str, units: list[str]) -> None:
         """Delete the files of checkpoint units the manifest no longer names."""
         for name in self.get_model_names():
@@ -192,12 +203,13 @@ class TrainerBase:
             # what an interrupted save left: files of dropped units, and of a newer unit that
             # never became complete (the resumed run writes that epoch again)
             last_epoch = manifest["units"][unit]["epoch"]
-            self.delete_units(directory, manifest.get("pruned", []))
-            for name in names:
-                for fname in os.listdir(os.path.join(directory, name)):
-                    tail = fname.removeprefix("model.pth.tar-")
-                    if tail.isdigit() and int(tail) > last_epoch and fname not in manifest["units"]:
-                        os.remove(os.path.join(directory, name, fname))
+            if ddp.is_main_process():
+                newer = [
+                    f"model.pth.tar-{e}"
+                    for e in self.saved_epochs(directory)
+                    if e > last_epoch and f"model.pth.tar-{e}" not in manifest["units"]
+                ]
+                self.delete_units(directory, manifest.get("pruned", []) + newer)
         else:  # written before checkpoint manifests: the per-model records must agree
             records = {n: last_checkpoint_name(os.path.join(directory, n)) for n in names}
             if not all(records.values()):
