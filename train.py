@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
     parser.add_argument(
+        "--same-run",
+        action="store_true",
+        help="only check: exit 0 if OUTPUT_DIR/results.json was written with these run-defining "
+        "options, 3 (naming the differing keys) if not, 1 if there is none (scripts use it)",
+    )
+    parser.add_argument(
         "--host",
         choices=("builtin", "dassl"),
         default=None,
@@ -117,24 +123,47 @@ def check_eval_args(args, trainer_class) -> None:
         )
 
 
-def main(args) -> None:
-    import torch
+def same_run(cfg) -> int:
+    """--same-run: compare OUTPUT_DIR/results.json's recorded run config with `cfg`."""
+    from promptdiff.engine.runinfo import differences, run_config, summarize
+
+    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f).get("run_config")
+    except (OSError, ValueError):
+        print(f"No readable results in {path}.", file=sys.stderr)
+        return 1
+    diffs = differences(saved or {}, run_config(cfg))
+    if diffs:
+        print(
+            f"error: {cfg.OUTPUT_DIR} holds the results of a run with other options "
+            f"({summarize(diffs)}); choose another OUTPUT (or CFG) for these options, or remove "
+            f"that folder to replace it.",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
+
+
+def main(args) -> int:
+    if args.same_run:
+        return same_run(setup_cfg(args))
 
     import datasets  # noqa: F401  (registers the datasets)
     import trainers  # noqa: F401  (registers the trainers)
+    from promptdiff.engine.checkpoint import has_checkpoint
     from promptdiff.engine.distributed import (
         init_distributed,
         is_main_process,
         launched_by_torchrun,
     )
+    from promptdiff.engine.utils import lock_output_dir, remove_stale_tmp, unlock_output_dir
     from promptdiff.host import (
         DATASET_REGISTRY,
         HOST,
         TRAINER_REGISTRY,
-        build_trainer,
-        collect_env_info,
         log,
-        set_random_seed,
         setup_logger,
     )
 
@@ -157,12 +186,36 @@ def main(args) -> None:
                 "(or PROMPTDIFF_HOST=dassl)."
             )
         init_distributed(cfg.USE_CUDA)
-    # under torchrun only rank 0 writes log.txt; the other ranks print warnings and errors only
-    output = cfg.OUTPUT_DIR if is_main_process() else None
-    if (args.quiet or not is_main_process()) and HOST == "builtin":
-        setup_logger(output, quiet=True)
-    else:  # Dassl tees stdout into log.txt, so under it --quiet only drops the config dump
-        setup_logger(output)
+    # under torchrun only rank 0 writes (and locks) the output folder and log.txt; the other
+    # ranks print warnings and errors only
+    main_rank = is_main_process()
+    output = cfg.OUTPUT_DIR if main_rank else None
+    # one run per output folder; what a killed run left half-written goes before anything else
+    lock = lock_output_dir(output) if output else None
+    try:
+        stale = remove_stale_tmp(output) if output else []
+        if HOST == "builtin":
+            # a restarted training run continues its log.txt
+            resuming = bool(output) and not args.eval_only and has_checkpoint(cfg.RESUME or output)
+            setup_logger(output, quiet=args.quiet or not main_rank, append=resuming)
+        else:  # Dassl tees stdout into log.txt, so under it --quiet only drops the config dump
+            setup_logger(output)
+        if stale:
+            log(f"Removed {len(stale)} temporary file(s) an interrupted run left in {output}")
+        run(cfg, args)
+    finally:
+        if lock:
+            unlock_output_dir(lock)
+    return 0
+
+
+def run(cfg, args) -> None:
+    """Log the setup, build the trainer, then train or evaluate."""
+    import torch
+
+    from promptdiff.engine.distributed import is_main_process
+    from promptdiff.host import HOST, build_trainer, collect_env_info, log, set_random_seed
+
     if cfg.SEED >= 0:
         log(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -181,7 +234,9 @@ def main(args) -> None:
     before = os.path.getmtime(results) if os.path.isfile(results) else None
     trainer = build_trainer(cfg)
     if args.eval_only:
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        # the built-in engine also refuses a model trained with other options
+        check = {"check_run": True} if HOST == "builtin" else {}
+        trainer.load_model(args.model_dir, epoch=args.load_epoch, **check)
         trainer.test()
     elif not args.no_train:
         if cfg.OUTPUT_DIR and is_main_process():
@@ -222,14 +277,13 @@ def cli(argv: list[str] | None = None) -> int:
     from promptdiff.engine.utils import USER_ERRORS, report_error
 
     try:
-        main(args)
+        return main(args)
     except USER_ERRORS as exc:
         return report_error(exc)
     finally:
         from promptdiff.engine.distributed import cleanup_distributed
 
         cleanup_distributed()
-    return 0
 
 
 if __name__ == "__main__":

@@ -88,6 +88,14 @@ elif HOST == "dassl":
         parse_batch_train = _builtin.TrainerX.parse_batch_train  # (img, label): no domain
         load_model = _builtin.TrainerBase.load_model
         filter_loaded_state_dict = _builtin.TrainerBase.filter_loaded_state_dict
+        # what load_model and write_results use: strict loads, trainer and run checks
+        load_state_strict = _builtin.TrainerBase.load_state_strict
+        model_state_dict = _builtin.TrainerBase.model_state_dict
+        check_trainer = _builtin.SimpleTrainer.check_trainer
+        accepts_checkpoint_of = _builtin.SimpleTrainer.accepts_checkpoint_of
+        check_run_identity = _builtin.SimpleTrainer.check_run_identity
+        trained_epochs = _builtin.SimpleTrainer.trained_epochs
+        evaluated_epoch = None
         before_test = _builtin.SimpleTrainer.before_test
         write_results = _builtin.SimpleTrainer.write_results
 

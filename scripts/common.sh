@@ -115,21 +115,26 @@ pd_run_dir() {  # pd_run_dir PROTOCOL_PATH DATASET SHOTS SEED
     echo "$OUTPUT/$1/$2/shots_$3/$TRAINER/$PD_CFG/seed$4"
 }
 
-# The checkpoint a run left, from <dir>/<model>/checkpoint of every model: sets PD_EPOCH to the
+# The checkpoint a run left: the last complete one named in <dir>/checkpoints.json, or (runs
+# written before that manifest) from <dir>/<model>/checkpoint of every model. Sets PD_EPOCH to the
 # epoch, or to "best" for model-best.pth.tar; returns 1 when there is none.
 pd_last_epoch() {
     local record name first=""
     PD_EPOCH=""
-    for record in "$1"/*/checkpoint; do
-        [[ -f $record ]] || continue
-        name=$(head -n 1 "$record")
-        [[ -n $name && -f $(dirname "$record")/$name ]] || continue
-        if [[ -z $first ]]; then
-            first=$name
-        elif [[ $name != "$first" ]]; then
-            pd_die "the models in $1 record different checkpoints ($first, $name); the run is damaged: delete it and train again"
-        fi
-    done
+    if [[ -f $1/checkpoints.json ]]; then
+        first=$(sed -n 's/^ *"last": "\([^"]*\)".*/\1/p' "$1/checkpoints.json")
+    else
+        for record in "$1"/*/checkpoint; do
+            [[ -f $record ]] || continue
+            name=$(head -n 1 "$record")
+            [[ -n $name && -f $(dirname "$record")/$name ]] || continue
+            if [[ -z $first ]]; then
+                first=$name
+            elif [[ $name != "$first" ]]; then
+                pd_die "the models in $1 record different checkpoints ($first, $name); the run is damaged: delete it and train again"
+            fi
+        done
+    fi
     case $first in
         model.pth.tar-*) PD_EPOCH=${first#model.pth.tar-} ;;
         model-best.pth.tar) PD_EPOCH=best ;;
@@ -168,10 +173,6 @@ pd_launch() {
         shift
     done
     [[ $# -gt 0 ]] && shift
-    if [[ -f $out/results.json ]]; then
-        echo "Results are available in $out. Skip."
-        return 0
-    fi
     if [[ ${QUIET:-0} == 1 ]]; then
         flags+=(--quiet)
     fi
@@ -179,11 +180,19 @@ pd_launch() {
     if (( NGPU > 1 )); then
         launcher+=(-m torch.distributed.run --standalone --nproc_per_node "$NGPU")
     fi
-    local cmd=("${launcher[@]}" "$PD_REPO/train.py"
-        --root "$DATA" --seed "$seed" --trainer "$TRAINER"
+    local args=(--root "$DATA" --seed "$seed" --trainer "$TRAINER"
         --dataset-config-file "$PD_REPO/configs/datasets/$dataset.yaml" --config-file "$PD_CFG_FILE"
         --output-dir "$out" ${flags[@]+"${flags[@]}"}
         "$@" ${PD_EXTRA[@]+"${PD_EXTRA[@]}"})
+    local cmd=("${launcher[@]}" "$PD_REPO/train.py" "${args[@]}")
+    if [[ -f $out/results.json ]]; then
+        # skip only a finished run of these very options; train.py names the keys that differ
+        if [[ ${DRY_RUN:-0} == 1 ]] || "$PYTHON" "$PD_REPO/train.py" --same-run "${args[@]}"; then
+            echo "Results are available in $out. Skip."
+            return 0
+        fi
+        exit 1
+    fi
     if [[ ${DRY_RUN:-0} == 1 ]]; then
         printf '%q ' "${cmd[@]}"
         echo
@@ -203,12 +212,10 @@ pd_launch() {
 # Usage: pd_eval_trained TRAIN_DIR OUT "SCRIPT ARGS to run first" DATASET SEED SUBSAMPLE
 pd_eval_trained() {
     local train_dir=$1 out=$2 hint=$3 dataset=$4 seed=$5 subsample=$6
-    if [[ -f $out/results.json ]]; then
-        echo "Results are available in $out. Skip."
-        return 0
-    fi
-    pd_model_flags "$train_dir" "$hint"
-    pd_launch "$out" "$dataset" "$seed" --eval-only "${PD_MODEL_FLAGS[@]}" \
+    PD_MODEL_FLAGS=()
+    # a finished evaluation is skipped (pd_launch compares its options) without the model flags
+    [[ -f $out/results.json ]] || pd_model_flags "$train_dir" "$hint"
+    pd_launch "$out" "$dataset" "$seed" --eval-only ${PD_MODEL_FLAGS[@]+"${PD_MODEL_FLAGS[@]}"} \
         -- DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES "$subsample"
 }
 

@@ -242,6 +242,19 @@ def test_second_call_skips_and_reruns_nothing(setup, trained):
     assert snapshot() == before  # no new log.txt-<time>, log.txt untouched
 
 
+def test_finished_run_with_other_options_is_not_skipped(setup, trained):
+    run_dir = trained / "base2new/train_base/caltech101" / RUN
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    extra = setup["extra"] + " OPTIM.LR 0.5"
+    proc = run(setup, trained, "scripts/CoOp/base2new_train.sh", "caltech101", "1",
+               EXTRA_OPTS=extra)  # fmt: skip
+    assert proc.returncode == 1 and "Skip" not in proc.stdout
+    assert f"{run_dir} holds the results of a run with other options (OPTIM.LR: 0.002 -> 0.5)" in (
+        proc.stderr
+    )
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
 def test_run_with_checkpoint_but_no_results_is_resumed(setup, trained, tmp_path):
     # an interrupted run: checkpoint written, final test not reached
     run_dir = tmp_path / "base2new/train_base/caltech101" / RUN
@@ -254,9 +267,11 @@ def test_run_with_checkpoint_but_no_results_is_resumed(setup, trained, tmp_path)
 
     out = ok(run(setup, tmp_path, "scripts/CoOp/base2new_train.sh", "caltech101", "1"))
     assert "Skip" not in out and f"Resuming the unfinished run in {run_dir}" in out
-    [new_log] = run_dir.glob("log.txt-*")  # the engine keeps the old log
-    text = new_log.read_text()
+    assert not list(run_dir.glob("log.txt-*"))  # a resumed run continues its log.txt
+    old_part, text = (run_dir / "log.txt").read_text().split("this log continues", 1)
+    assert old_part.startswith("epoch [1/1] batch [1/1] ...\n")
     assert "(will resume training)" in text and "epoch [" not in text  # nothing retrained
+    assert "Resumed from the checkpoint of epoch 1 (model.pth.tar-1 of prompt_learner" in text
     assert results(run_dir)["total"] == test_counts(setup)[0]
 
     # a folder left by a run that crashed before its first checkpoint is run, not skipped

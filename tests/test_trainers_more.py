@@ -184,7 +184,13 @@ def test_base_to_new(name, data, tmp_path_factory):
 def test_checkpoints_hold_only_prompt_and_denoiser_tensors(name, data, runs, tmp_path_factory):
     trainer, out = _trained(runs, data, tmp_path_factory, name)
     models = ["prompt_learner", "denoiser"] if name.endswith("Diff") else ["prompt_learner"]
-    assert sorted(os.listdir(out)) == sorted([*models, "log.txt", "results.json", "tensorboard"])
+    listed = [*models, "checkpoints.json", "log.txt", "results.json", "tensorboard"]
+    assert sorted(os.listdir(out)) == sorted(listed)
+    for model in models:  # the per-epoch insurance of epoch 1 was deleted once epoch 2 was saved
+        assert sorted(os.listdir(os.path.join(out, model))) == [
+            "checkpoint",
+            f"model.pth.tar-{EPOCHS}",
+        ]
     ckpt = torch.load(
         os.path.join(out, "prompt_learner", f"model.pth.tar-{EPOCHS}"), weights_only=True
     )

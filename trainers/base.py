@@ -7,12 +7,14 @@ model must expose `prompt_learner` (everything trainable) and return logits from
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptdiff.backbone import cast_for_precision, check_input_size, load_clip
+from promptdiff.backbone import cast_for_precision, check_input_size, load_clip, resolve_weights
+from promptdiff.engine.runinfo import file_identity
 from promptdiff.host import TrainerX, build_lr_scheduler, build_optimizer, load_checkpoint, log
 
 PRECISIONS = ("fp16", "fp32", "amp")
@@ -131,6 +133,7 @@ class ClipPromptTrainer(TrainerX):
         with self.autocast():
             output = self.model(image)
         loss = F.cross_entropy(output.float(), label)
+        self.check_losses(ce=loss)
         self.model_backward_and_update(loss)
         summary = {"loss": loss.item(), "acc": accuracy(output, label)}
         if (self.batch_idx + 1) == self.num_batches:
@@ -140,6 +143,36 @@ class ClipPromptTrainer(TrainerX):
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
         with self.autocast():
             return self.model(input).float()
+
+    def check_losses(self, **terms) -> None:
+        """Stop on a non-finite loss term, naming it, the epoch and the batch, before it reaches
+        the parameters (so the last complete checkpoint stays the last good one)."""
+        for term, value in terms.items():
+            if value is None:
+                continue
+            finite = (
+                bool(torch.isfinite(value).all())
+                if torch.is_tensor(value)
+                else math.isfinite(value)
+            )
+            if not finite:
+                raise FloatingPointError(
+                    f"The {term} loss is not finite at epoch {self.epoch + 1}/{self.max_epoch}, "
+                    f"batch {self.batch_idx + 1}/{self.num_batches}; training stopped and the last "
+                    f"complete checkpoint in {self.output_dir} is kept: lower the learning rate "
+                    f"or check the data."
+                )
+
+    def accepts_checkpoint_of(self, trainer: str) -> bool:
+        # a *Diff trainer's prompt_learner is its baseline's, so their files load both ways
+        return trainer.removesuffix("Diff") == self.cfg.TRAINER.NAME.removesuffix("Diff")
+
+    def weights_identity(self) -> dict:
+        """The CLIP weights file this run loads (path, size, sha256), hashed once."""
+        if getattr(self, "_weights_identity", None) is None:
+            path = resolve_weights(self.cfg.MODEL.BACKBONE.NAME, self.cfg.MODEL.BACKBONE.PATH)
+            self._weights_identity = file_identity(path)
+        return self._weights_identity
 
 
 def accuracy(output: torch.Tensor, label: torch.Tensor) -> float:

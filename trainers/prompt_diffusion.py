@@ -273,6 +273,7 @@ class PromptDiffusionMixin:
                 ce = F.cross_entropy(logits, label)
                 loss = loss + pd.CE_WEIGHT * ce
                 summary = {"ce": ce.item(), "acc": accuracy(logits, label)}
+        self.check_losses(overfit=fit.targets, diff=diff_loss, ce=summary.get("ce"))
         names = ["denoiser", "prompt_learner"] if pd.UPDATE_BASE else ["denoiser"]
         self.model_backward_and_update(loss, names)
         if not pd.UPDATE_BASE:

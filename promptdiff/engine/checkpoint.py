@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
 import shutil
+import signal
 from collections import OrderedDict, defaultdict
 
 import numpy as np
 import torch
 
-from promptdiff.engine.utils import atomic_write, logger, torch_save_atomic
+from promptdiff.engine.utils import atomic_write, logger, torch_save_atomic, write_json
+
+# OUTPUT_DIR/checkpoints.json names the complete checkpoint units (one epoch's file of every
+# model); it is written after all of a unit's files, so a kill or a full disk mid-save leaves the
+# previous complete unit in charge.
+MANIFEST = "checkpoints.json"
 
 
-def save_checkpoint(state: dict, save_dir: str, is_best: bool = False, model_name: str = "") -> str:
-    """Save `state` as save_dir/model_name (default model.pth.tar-<epoch>) and record it."""
+def save_checkpoint(
+    state: dict, save_dir: str, is_best: bool = False, model_name: str = "", record: bool = True
+) -> str:
+    """Save `state` as save_dir/model_name (default model.pth.tar-<epoch>) and, if `record`,
+    name it in save_dir/checkpoint (Dassl's record of the last file)."""
     os.makedirs(save_dir, exist_ok=True)
     state = dict(state)
     state["state_dict"] = OrderedDict(
@@ -26,14 +36,67 @@ def save_checkpoint(state: dict, save_dir: str, is_best: bool = False, model_nam
     fpath = os.path.join(save_dir, model_name)
     torch_save_atomic(state, fpath)
     logger.info(f"Checkpoint saved to {fpath}")
-    atomic_write(os.path.join(save_dir, "checkpoint"), lambda f: f.write(f"{model_name}\n"))
+    if record:
+        write_record(save_dir, model_name)
     if is_best:
         best = os.path.join(save_dir, "model-best.pth.tar")
-        tmp = best + ".tmp"
-        shutil.copy(fpath, tmp)
-        os.replace(tmp, best)
+
+        def copy(f) -> None:
+            with open(fpath, "rb") as src:
+                shutil.copyfileobj(src, f)
+
+        atomic_write(best, copy, mode="wb")
         logger.info(f'Best checkpoint saved to "{best}"')
     return fpath
+
+
+def write_record(save_dir: str, model_name: str) -> None:
+    """Name model_name in save_dir/checkpoint, the file Dassl reads to resume."""
+    atomic_write(os.path.join(save_dir, "checkpoint"), lambda f: f.write(f"{model_name}\n"))
+
+
+def read_manifest(directory: str) -> dict | None:
+    """The checkpoint manifest of an output folder, or None where there is none (older runs)."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        manifest["units"]  # noqa: B018  (the one key every manifest has)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(
+            f"Checkpoint manifest {path} is unreadable ({type(exc).__name__}: {exc}); "
+            f"delete it to fall back to the per-model 'checkpoint' records."
+        ) from exc
+    return manifest
+
+
+def write_manifest(directory: str, manifest: dict) -> None:
+    write_json(manifest, os.path.join(directory, MANIFEST))
+
+
+def has_checkpoint(directory: str) -> bool:
+    """Whether `directory` holds a checkpoint a restarted run would resume from."""
+    manifest = read_manifest(directory) if os.path.isdir(directory) else None
+    if manifest is not None:
+        return bool(manifest.get("last"))
+    return any(last_checkpoint_name(os.path.join(directory, d)) for d in _subdirs(directory))
+
+
+def _subdirs(directory: str) -> list[str]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+
+
+def test_hook(point: str) -> None:
+    """Tests kill the process at an exact point of a save: PROMPTDIFF_TEST_KILL_AT=<point>."""
+    if os.environ.get("PROMPTDIFF_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+test_hook.__test__ = False  # not a pytest test
 
 
 def rng_state() -> dict:
@@ -170,9 +233,12 @@ def last_checkpoint_name(directory: str) -> str | None:
     return name if name and os.path.isfile(os.path.join(directory, name)) else None
 
 
-def resume_from_checkpoint(fdir: str, model, optimizer=None, scheduler=None) -> int:
-    """Restore the last checkpoint in fdir into model/optimizer/scheduler; return the next epoch."""
-    name = last_checkpoint_name(fdir)
+def resume_from_checkpoint(
+    fdir: str, model, optimizer=None, scheduler=None, fname: str | None = None
+) -> int:
+    """Restore fdir/fname (default: the file fdir/checkpoint names) into model/optimizer/scheduler;
+    return the next epoch."""
+    name = fname or last_checkpoint_name(fdir)
     if name is None:
         raise FileNotFoundError(f"No checkpoint recorded in {fdir}.")
     fpath = os.path.join(fdir, name)

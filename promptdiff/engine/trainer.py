@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import math
 import os
 import time
 from collections import OrderedDict
@@ -12,15 +14,46 @@ from torch import nn
 
 from promptdiff.engine import distributed as ddp
 from promptdiff.engine.checkpoint import (
+    MANIFEST,
     last_checkpoint_name,
     load_checkpoint,
+    read_manifest,
     resume_from_checkpoint,
     rng_state,
     save_checkpoint,
+    test_hook,
+    write_manifest,
+    write_record,
 )
 from promptdiff.engine.data import DataManager
 from promptdiff.engine.evaluator import build_evaluator
-from promptdiff.engine.utils import AverageMeter, MetricMeter, logger, progress, write_json
+from promptdiff.engine.runinfo import (
+    differences,
+    git_commit,
+    package_versions,
+    run_record,
+    summarize,
+)
+from promptdiff.engine.utils import (
+    AverageMeter,
+    MetricMeter,
+    WriteError,
+    logger,
+    progress,
+    write_failure,
+    write_json,
+)
+
+
+def _few(keys: list[str], limit: int = 3) -> str:
+    """The first few names and the count."""
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _unit_order(unit: str) -> tuple:
+    tail = unit.rsplit("-", 1)[-1]
+    return (0, int(tail)) if tail.isdigit() else (1, unit)
 
 
 class TrainerBase:
@@ -51,14 +84,33 @@ class TrainerBase:
                 raise KeyError(f"No model named {name!r}; registered: {names_real}.")
         return names
 
-    def save_model(self, epoch: int, directory: str, is_best=False, val_result=None, model_name=""):
+    def save_model(
+        self,
+        epoch: int,
+        directory: str,
+        is_best=False,
+        val_result=None,
+        model_name="",
+        keep: bool = True,
+    ) -> None:
+        """Save one checkpoint unit: every model's file of this epoch, then the manifest naming
+        them, last. A unit saved with keep=False (the per-epoch crash insurance) is deleted once
+        a newer unit is complete. Under torchrun only rank 0 writes."""
         if not ddp.is_main_process():
             return
-        for name in self.get_model_names():
-            model = self._models[name]
-            optim, sched = self._optims[name], self._scheds[name]
-            save_checkpoint(
-                {
+        unit = model_name or f"model.pth.tar-{epoch + 1}"
+        names = self.get_model_names()
+        meta = self.checkpoint_meta()
+        manifest = read_manifest(directory) or {"format": 1, "last": None, "units": {}}
+        if manifest["units"].pop(unit, None) is not None:
+            # its files are overwritten below: the unit is incomplete until the manifest names it
+            write_manifest(directory, manifest)
+        written, stale = [], []
+        try:
+            for name in names:
+                model = self._models[name]
+                optim, sched = self._optims[name], self._scheds[name]
+                state = {
                     "state_dict": self.model_state_dict(name, model),
                     "epoch": epoch + 1,
                     "optimizer": optim.state_dict() if optim is not None else None,
@@ -67,50 +119,210 @@ class TrainerBase:
                     # resuming restores the RNGs, so an interrupted run ends where an
                     # uninterrupted one would (Dassl does not save them)
                     "rng_state": rng_state(),
-                },
-                os.path.join(directory, name),
-                is_best=is_best,
-                model_name=model_name,
+                    **meta,
+                }
+                path = os.path.join(directory, name)
+                written.append(save_checkpoint(state, path, is_best, model_name=unit, record=False))
+                test_hook(f"saved:{name}:{epoch + 1}")
+            manifest.update(meta)
+            manifest["units"][unit] = {
+                "epoch": epoch + 1,
+                "models": names,
+                "keep": keep,
+                "val_result": val_result,
+            }
+            if not model_name:
+                previous, manifest["last"] = manifest["last"], unit
+                if previous and previous != unit and not manifest["units"][previous]["keep"]:
+                    del manifest["units"][previous]
+                    stale.append(previous)
+            # files of dropped units are deleted after the manifest stops naming them; a kill in
+            # between leaves them listed here for the next save or resume to delete
+            stale = [u for u in manifest.get("pruned", []) if u != unit] + stale
+            manifest["pruned"] = stale
+            write_manifest(directory, manifest)
+        except WriteError as exc:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            last = manifest.get("last")
+            kept = (
+                f"the last complete checkpoint ({last} in {directory}) is kept"
+                if last
+                else "no earlier checkpoint exists"
             )
+            raise write_failure(exc.path, exc.cause, kept) from exc
+        test_hook(f"unit:{epoch + 1}")
+        for name in names:
+            if not model_name:
+                write_record(os.path.join(directory, name), unit)
+        self.delete_units(directory, stale)
+
+    def saved_epochs(self, directory: str) -> set[int]:
+        """The epochs of the model.pth.tar-<epoch> files in the models' folders."""
+        epochs = set()
+        for name in self.get_model_names():
+            folder = os.path.join(directory, name)
+            for fname in os.listdir(folder) if os.path.isdir(folder) else []:
+                tail = fname.removeprefix("model.pth.tar-")
+                if tail != fname and tail.isdigit():
+                    epochs.add(int(tail))
+        return epochs
+
+    def delete_units(self, directory: str, units: list[str]) -> None:
+        """Delete the files of checkpoint units the manifest no longer names."""
+        for name in self.get_model_names():
+            for unit in units:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(directory, name, unit))
+
+    def checkpoint_meta(self) -> dict:
+        """What every checkpoint and the manifest record about the run (trainer, config)."""
+        return {}
 
     def model_state_dict(self, name: str, model: nn.Module) -> dict:
         """What a checkpoint stores for a model; trainers keep only their trainable tensors."""
         return model.state_dict()
 
     def resume_model_if_exist(self, directory: str) -> int:
+        """Restore the last complete checkpoint unit in `directory`; return the next epoch."""
         names = self.get_model_names()
-        if not all(last_checkpoint_name(os.path.join(directory, n)) for n in names):
-            logger.info("No checkpoint found, train from scratch")
-            return 0
+        manifest = read_manifest(directory)
+        if manifest is not None:
+            unit = manifest.get("last")
+            if not unit:
+                logger.info("No checkpoint found, train from scratch")
+                return 0
+            self.check_run_identity(manifest, os.path.join(directory, MANIFEST), evaluating=False)
+            saved = manifest["units"][unit]["models"]
+            if sorted(saved) != sorted(names):
+                raise RuntimeError(
+                    f"The checkpoint in {directory} holds the models {saved}, this trainer has "
+                    f"{names}; resume it with the trainer that wrote it or use another output folder."
+                )
+            # what an interrupted save left: files of dropped units, and of a newer unit that
+            # never became complete (the resumed run writes that epoch again)
+            last_epoch = manifest["units"][unit]["epoch"]
+            if ddp.is_main_process():
+                newer = [
+                    f"model.pth.tar-{e}"
+                    for e in self.saved_epochs(directory)
+                    if e > last_epoch and f"model.pth.tar-{e}" not in manifest["units"]
+                ]
+                self.delete_units(directory, manifest.get("pruned", []) + newer)
+        else:  # written before checkpoint manifests: the per-model records must agree
+            records = {n: last_checkpoint_name(os.path.join(directory, n)) for n in names}
+            if not all(records.values()):
+                logger.info("No checkpoint found, train from scratch")
+                return 0
+            if len(set(records.values())) > 1:
+                raise RuntimeError(
+                    f"The models in {directory} record checkpoints of different epochs "
+                    f"({records}); an interrupted save left them: delete the newer files or the "
+                    f"folder and train again."
+                )
+            unit = next(iter(records.values()))
         logger.info(f"Found checkpoint at {directory} (will resume training)")
-        start_epoch = 0
-        for name in names:
-            start_epoch = resume_from_checkpoint(
-                os.path.join(directory, name),
-                self._models[name],
-                self._optims[name],
-                self._scheds[name],
-            )
+        # a unit whose files were damaged after it was complete gives way to the previous one
+        units = [unit]
+        if manifest is not None:
+            older = [u for u in manifest["units"] if u != unit and u.startswith("model.pth.tar-")]
+            units += sorted(older, key=_unit_order, reverse=True)
+        for unit in units:
+            try:
+                for name in names:
+                    start_epoch = resume_from_checkpoint(
+                        os.path.join(directory, name),
+                        self._models[name],
+                        self._optims[name],
+                        self._scheds[name],
+                        fname=unit,
+                    )
+                break
+            except (FileNotFoundError, RuntimeError) as exc:
+                if unit == units[-1]:
+                    raise
+                logger.info(f"Cannot resume from {unit} ({exc}); trying the previous complete one")
+        self.resumed_manifest = manifest or {}
+        logger.info(
+            f"Resumed from the checkpoint of epoch {start_epoch} ({unit} of {', '.join(names)} "
+            f"in {directory}); training continues at epoch {start_epoch + 1}"
+        )
         return start_epoch
 
-    def load_model(self, directory: str, epoch: int | None = None) -> None:
-        """Load each registered model from directory/<name>/model.pth.tar-<epoch> (or model-best)."""
+    def check_run_identity(self, saved: dict, source: str, evaluating: bool) -> None:
+        """Hook: refuse a checkpoint whose run-defining options differ from this run's."""
+
+    def load_model(self, directory: str, epoch: int | None = None, check_run: bool = False) -> None:
+        """Load each registered model from directory/<name>/model.pth.tar-<epoch> (or model-best),
+        strictly: every tensor must fit, and all models must come from one complete save.
+        check_run (train.py --eval-only) also refuses a model trained with other options."""
         if not directory:
             logger.info("Note that load_model() is skipped as no pretrained model is given")
             return
         model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        manifest = read_manifest(directory)
+        if manifest is not None and model_file not in manifest["units"]:
+            complete = ", ".join(sorted(manifest["units"], key=_unit_order)) or "none"
+            raise FileNotFoundError(
+                f"{directory} holds no complete checkpoint {model_file} (complete ones: "
+                f"{complete}); pass --load-epoch of a complete one."
+            )
+        epochs, checked = {}, False
         for name in self.get_model_names():
             fpath = os.path.join(directory, name, model_file)
             ckpt = load_checkpoint(fpath)
+            self.check_trainer(ckpt, fpath)
+            if check_run and not checked and "run" in ckpt:
+                self.check_run_identity(ckpt, fpath, evaluating=True)
+                checked = True
             state_dict = self.filter_loaded_state_dict(name, ckpt["state_dict"])
             logger.info(
                 f"Load {fpath} to {name} (epoch={ckpt['epoch']}, val_result={ckpt.get('val_result')})"
             )
-            self._models[name].load_state_dict(state_dict, strict=False)
+            self.load_state_strict(name, state_dict, fpath)
+            epochs[name] = ckpt["epoch"]
+        if len(set(epochs.values())) > 1:
+            raise RuntimeError(
+                f"The {model_file} files in {directory} come from different epochs ({epochs}); "
+                f"an interrupted save left them: evaluate another epoch or retrain."
+            )
+        self.evaluated_epoch = next(iter(epochs.values()), None)
 
     def filter_loaded_state_dict(self, name: str, state_dict: dict) -> dict:
         """Hook to drop entries (e.g. frozen token buffers) before load_model applies a checkpoint."""
         return state_dict
+
+    def check_trainer(self, ckpt: dict, fpath: str) -> None:
+        """Hook: refuse a checkpoint another trainer saved."""
+
+    def load_state_strict(self, name: str, state_dict: dict, fpath: str) -> None:
+        """Apply a checkpoint's tensors to a model; missing, unexpected or mis-shaped ones are one
+        error naming a few of them and the count."""
+        model = self._models[name]
+        expected = self.filter_loaded_state_dict(name, self.model_state_dict(name, model))
+        missing = [k for k in expected if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in expected]
+        shapes = [
+            f"{k} {tuple(v.shape)} (model: {tuple(expected[k].shape)})"
+            for k, v in state_dict.items()
+            if k in expected and hasattr(v, "shape") and tuple(v.shape) != tuple(expected[k].shape)
+        ]
+        problems = [
+            f"{what} {_few(keys)}"
+            for what, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape", shapes),
+            )
+            if keys
+        ]
+        if problems:
+            raise RuntimeError(
+                f"Checkpoint {fpath} does not fit this run's {name}: {'; '.join(problems)}; it was "
+                f"saved by another trainer or with other model options (e.g. N_CTX, depth)."
+            )
+        model.load_state_dict(state_dict, strict=False)
 
     def set_model_mode(self, mode: str = "train", names=None) -> None:
         for name in self.get_model_names(names):
@@ -123,7 +335,13 @@ class TrainerBase:
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
-            raise FloatingPointError("Loss is infinite or NaN!")
+            where = ""
+            if hasattr(self, "batch_idx"):
+                where = (
+                    f" at epoch {self.epoch + 1}/{self.max_epoch}, batch {self.batch_idx + 1}/"
+                    f"{self.num_batches}; training stopped and the last complete checkpoint is kept"
+                )
+            raise FloatingPointError(f"Loss is infinite or NaN{where}.")
 
     def init_writer(self, log_dir: str) -> None:
         if self._writer is None and ddp.is_main_process():
@@ -239,6 +457,8 @@ class SimpleTrainer(TrainerBase):
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -float("inf")
+        self.evaluated_epoch = None  # the epoch of the model test() evaluates (results.json)
+        self.norm0: dict[str, float] = {}
 
     def check_cfg(self, cfg):
         pass
@@ -262,8 +482,15 @@ class SimpleTrainer(TrainerBase):
 
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.output_dir
+        self.resumed_manifest = {}
         self.start_epoch = self.resume_model_if_exist(directory)
         ddp.broadcast_modules(self._models.values())
+        self.evaluated_epoch = self.start_epoch or None
+        saved = self.resumed_manifest
+        self.norm0 = saved.get("param_norm0") or self.trainable_norms()
+        best = saved.get("units", {}).get("model-best.pth.tar")
+        if best and best.get("val_result") is not None:
+            self.best_result = best["val_result"]
         self.init_writer(os.path.join(self.output_dir, "tensorboard"))
         self.time_start = time.time()
 
@@ -282,6 +509,8 @@ class SimpleTrainer(TrainerBase):
         self.close_writer()
 
     def after_epoch(self) -> None:
+        self.check_divergence()
+        self.evaluated_epoch = self.epoch + 1
         last_epoch = (self.epoch + 1) == self.max_epoch
         do_test = not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val"
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ
@@ -299,6 +528,83 @@ class SimpleTrainer(TrainerBase):
                 )
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
+        elif freq <= 0:
+            # crash insurance: every epoch, deleted once the next one is saved
+            self.save_model(self.epoch, self.output_dir, keep=False)
+
+    # Prompts live at the scale of token embeddings; a learning rate that multiplies their norm
+    # by a thousand has left that scale for good (CLIP's normalised features keep the loss
+    # finite, so only the tensors show it).
+    DIVERGENCE_GROWTH = 1e3
+
+    def trainable_norms(self) -> dict[str, float]:
+        """L2 norm of each registered model's trainable tensors."""
+        norms = {}
+        for name, model in self._models.items():
+            params = [p.detach().float() for p in model.parameters() if p.requires_grad]
+            norms[name] = float(torch.sqrt(sum((p * p).sum() for p in params))) if params else 0.0
+        return norms
+
+    def check_divergence(self) -> None:
+        """Stop (before saving) when trainable tensors are non-finite or grew DIVERGENCE_GROWTH-fold."""
+        for name, norm in self.trainable_norms().items():
+            start = self.norm0.get(name, 0.0)
+            if math.isfinite(norm) and not (start > 0 and norm > self.DIVERGENCE_GROWTH * start):
+                continue
+            raise FloatingPointError(
+                f"Training diverged at epoch {self.epoch + 1}/{self.max_epoch}: the norm of "
+                f"{name}'s trainable tensors went from {start:.3g} to {norm:.3g} (limit: "
+                f"{self.DIVERGENCE_GROWTH:g}x); lower the learning rate (OPTIM.LR is "
+                f"{self.cfg.OPTIM.LR:g}); the last complete checkpoint in {self.output_dir} is kept."
+            )
+
+    def checkpoint_meta(self) -> dict:
+        return {
+            "trainer": self.cfg.TRAINER.NAME,
+            "run": run_record(self.cfg),
+            "clip_weights": self.weights_identity(),
+            "param_norm0": self.norm0 or None,
+        }
+
+    def weights_identity(self) -> dict | None:
+        """{path, size, sha256} of the pretrained weights the model is built on (None: none)."""
+        return None
+
+    def accepts_checkpoint_of(self, trainer: str) -> bool:
+        """Whether this trainer's models load the files another trainer saved."""
+        return trainer == self.cfg.TRAINER.NAME
+
+    def check_trainer(self, ckpt: dict, fpath: str) -> None:
+        saved = ckpt.get("trainer")  # absent in upstream Dassl checkpoints
+        if saved and not self.accepts_checkpoint_of(saved):
+            raise RuntimeError(
+                f"Checkpoint {fpath} was saved by trainer {saved}, not {self.cfg.TRAINER.NAME}; "
+                f"evaluate it with --trainer {saved}."
+            )
+
+    def check_run_identity(self, saved: dict, source: str, evaluating: bool) -> None:
+        run = saved.get("run") or {}
+        if not run.get("config"):
+            return  # written before run fingerprints existed: nothing to compare
+        diffs = differences(run["config"], run_record(self.cfg)["config"], for_eval=evaluating)
+        mine, theirs = self.weights_identity(), saved.get("clip_weights")
+        if mine and theirs and mine["sha256"] != theirs["sha256"]:
+            diffs.append(
+                f"CLIP weights: {theirs['path']} (sha256 {theirs['sha256'][:12]}) -> "
+                f"{mine['path']} (sha256 {mine['sha256'][:12]})"
+            )
+        if not diffs:
+            return
+        if evaluating:
+            raise RuntimeError(
+                f"Checkpoint {source} was trained with other options than this evaluation "
+                f"({summarize(diffs)}); evaluate with the training options (only DATASET.* other "
+                f"than NUM_SHOTS, PREC and test-time keys may differ)."
+            )
+        raise RuntimeError(
+            f"Output folder {os.path.dirname(source)} holds a run with other options "
+            f"({summarize(diffs)}); resume it with its options or choose another --output-dir."
+        )
 
     @torch.no_grad()
     def test(self, split: str | None = None) -> float:
@@ -331,6 +637,7 @@ class SimpleTrainer(TrainerBase):
         if not ddp.is_main_process():
             return
         cfg = self.cfg
+        run = run_record(cfg)
         record = {
             "accuracy": results["accuracy"],
             "macro_f1": results["macro_f1"],
@@ -344,10 +651,21 @@ class SimpleTrainer(TrainerBase):
             "num_shots": cfg.DATASET.NUM_SHOTS,
             "seed": cfg.SEED,
             "backbone": cfg.MODEL.BACKBONE.NAME,
-            "epoch": self.epoch + 1 if hasattr(self, "time_start") else None,
+            "clip_weights": self.weights_identity(),
+            "epoch": self.evaluated_epoch
+            if self.evaluated_epoch is not None
+            else self.trained_epochs(),
+            "fingerprint": run["fingerprint"],
+            "run_config": run["config"],
+            "git_commit": git_commit(),
+            "versions": package_versions(),
         }
         name = "results.json" if split == "test" else f"results_{split}.json"
         write_json(record, os.path.join(self.output_dir, name))
+
+    def trained_epochs(self) -> int | None:
+        """Epochs trained in this process (a host loop that does not track evaluated_epoch)."""
+        return self.epoch + 1 if hasattr(self, "time_start") else None
 
     def parse_batch_test(self, batch):
         return batch["img"].to(self.device), batch["label"].to(self.device)

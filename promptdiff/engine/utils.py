@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import random
+import socket
 import sys
 import tempfile
 import time
@@ -16,6 +19,10 @@ import torch
 logger = logging.getLogger("promptdiff")
 # --quiet: stdout gets warnings only and progress bars are off; log.txt stays complete
 _quiet = False
+# temporary files of atomic_write; a killed run leaves them, the next start removes them
+TMP_PREFIX = ".tmp-"
+# OUTPUT_DIR/<this> holds "PID HOST" of the run writing the folder
+LOCK_NAME = ".promptdiff.lock"
 
 
 def set_random_seed(seed: int) -> None:
@@ -30,19 +37,82 @@ def mkdir_if_missing(dirname: str) -> None:
     os.makedirs(dirname, exist_ok=True)
 
 
+class WriteError(RuntimeError):
+    """An output file could not be written (full disk, read-only folder, permissions)."""
+
+    def __init__(self, message: str, path: str = "", cause: OSError | None = None):
+        super().__init__(message)
+        self.path, self.cause = path, cause
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_failure(path: str, exc: OSError, kept: str = "") -> WriteError:
+    """One sentence naming the path and the reason (ENOSPC, EACCES, EROFS ...) of a failed write."""
+    code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    reason = f"{exc.strerror or exc}{', ' + code if code else ''}"
+    folder = os.path.dirname(os.path.abspath(path))
+    fix = (
+        f"free disk space for {folder}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        else f"make {folder} writable or choose another output folder"
+    )
+    kept = f"; {kept}" if kept else ""
+    return WriteError(
+        f"Cannot write {path} ({reason}){kept}; {fix}, then run the same command again.", path, exc
+    )
+
+
 def atomic_write(path: str, write_fn, mode: str = "w") -> None:
-    """Call write_fn(file) on a temporary file beside `path`, then rename it over `path`."""
+    """Call write_fn(file) on a temporary file beside `path`, then rename it over `path`.
+
+    The file gets the mode a plain open() would give (mkstemp's 0600 would lock labmates out),
+    is flushed to disk before the rename, and an OSError becomes one WriteError naming `path`.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    mkdir_if_missing(directory)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    tmp = None
     try:
+        mkdir_if_missing(directory)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{os.path.basename(path)}-", dir=directory)
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as f:
             write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        tmp = None
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
-        raise
+
+
+def remove_stale_tmp(directory: str) -> list[str]:
+    """Delete the temporary files a killed writer left in `directory` and its model folders.
+
+    Only one level down, and not in a folder with its own lock: another run may be writing there.
+    """
+    if not os.path.isdir(directory):
+        return []
+    folders = [directory] + [
+        path
+        for path in (os.path.join(directory, d) for d in sorted(os.listdir(directory)))
+        if os.path.isdir(path) and not os.path.exists(os.path.join(path, LOCK_NAME))
+    ]
+    removed = []
+    for folder in folders:
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name.startswith(TMP_PREFIX) and os.path.isfile(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                    removed.append(path)
+    return removed
 
 
 def write_json(obj, path: str) -> None:
@@ -60,9 +130,79 @@ def torch_save_atomic(obj, path: str) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
-def setup_logger(output: str | None, quiet: bool = False) -> None:
-    """Send the 'promptdiff' logger to stdout and to OUTPUT_DIR/log.txt (a new log.txt-<time> if
-    taken); quiet keeps only warnings on stdout (and turns progress bars off)."""
+class FolderInUse(RuntimeError):
+    """Another live process writes the same output folder."""
+
+
+def _lock_holder(path: str) -> tuple[int, str] | None:
+    try:
+        with open(path) as f:
+            pid, host = f.read().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed but unreaped child still answers os.kill; it holds nothing any more
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def lock_output_dir(directory: str) -> str:
+    """Claim `directory` for this process (a lock file holding 'PID HOST'); return the lock's path.
+
+    A lock whose process is gone (killed run) is taken over; a live one is one FolderInUse error.
+    """
+    path = os.path.join(directory, LOCK_NAME)
+    host = socket.gethostname()
+    me = f"{os.getpid()} {host}\n"
+    for _ in range(5):
+        try:
+            mkdir_if_missing(directory)
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            mine = holder == (os.getpid(), host)
+            if holder is not None and not mine and (holder[1] != host or _is_running(holder[0])):
+                raise FolderInUse(
+                    f"Output folder {directory} is in use by process {holder[0]} on {holder[1]} "
+                    f"(lock file {path}); wait for that run to end or choose another output folder."
+                ) from None
+            atomic_write(path, lambda f: f.write(me))  # stale (dead process): take it over
+            if _lock_holder(path) == (os.getpid(), host):
+                return path
+            continue
+        except OSError as exc:
+            raise write_failure(path, exc) from exc
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return path
+    raise FolderInUse(f"Output folder {directory} is being claimed by other runs ({path}); retry.")
+
+
+def unlock_output_dir(path: str) -> None:
+    """Remove a lock file lock_output_dir() returned, if this process still holds it."""
+    if _lock_holder(path) == (os.getpid(), socket.gethostname()):
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def setup_logger(output: str | None, quiet: bool = False, append: bool = False) -> None:
+    """Send the 'promptdiff' logger to stdout and to OUTPUT_DIR/log.txt; quiet keeps only
+    warnings on stdout (and turns progress bars off).
+
+    An existing log.txt is continued when `append` (a resumed run), else kept and a new
+    log.txt-<time> is written, as Dassl does.
+    """
     global _quiet
     _quiet = quiet
     logger.setLevel(logging.INFO)
@@ -77,13 +217,17 @@ def setup_logger(output: str | None, quiet: bool = False) -> None:
     if not output:
         return
     fpath = output if output.endswith((".txt", ".log")) else os.path.join(output, "log.txt")
-    if os.path.exists(fpath):
-        # Dassl keeps earlier logs: a second run in the same folder writes a timestamped log
+    continued = os.path.exists(fpath) and append
+    if os.path.exists(fpath) and not append:
         fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
     mkdir_if_missing(os.path.dirname(os.path.abspath(fpath)))
     handler = logging.FileHandler(fpath)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
+    if continued:
+        logger.info(
+            f"===== {time.strftime('%Y-%m-%d %H:%M:%S')}: this log continues (run restarted) ====="
+        )
 
 
 def progress(iterable, desc: str = "", total: int | None = None):
@@ -95,7 +239,15 @@ def progress(iterable, desc: str = "", total: int | None = None):
 
 
 # what a command line reports as one `error:` line (bad input), not as a traceback
-USER_ERRORS = (KeyError, ValueError, FileNotFoundError, PermissionError, RuntimeError, ImportError)
+USER_ERRORS = (
+    KeyError,
+    ValueError,
+    FileNotFoundError,
+    PermissionError,
+    RuntimeError,
+    ImportError,
+    FloatingPointError,  # a non-finite loss or a diverging run
+)
 
 
 def report_error(exc: BaseException) -> int:
