@@ -123,14 +123,16 @@ def read_split_file(filepath: str, keys: tuple[str, ...]) -> dict[str, list]:
                 raise _bad_split(filepath, f"has a malformed entry {key}[{n}]: {item!r}")
             if isinstance(item[1], bool) or not isinstance(item[1], int) or item[1] < 0:
                 raise _bad_split(filepath, f"has a non-integer or negative label in {key}[{n}]")
-    num_classes = max((item[1] for item in split[keys[0]]), default=-1) + 1
+    # the classes are those of the first non-empty list (train; test for a test-only split)
+    ref = next((k for k in keys if split[k]), keys[0])
+    num_classes = max((item[1] for item in split[ref]), default=-1) + 1
     for key in keys:
         for n, (path, label, _) in enumerate(split[key]):
             if label >= num_classes:
                 raise _bad_split(
                     filepath,
                     f"gives {path} ({key}[{n}]) the label {label}, outside the {num_classes} "
-                    f"classes of its {keys[0]} list (0..{num_classes - 1})",
+                    f"classes of its {ref} list (0..{num_classes - 1})",
                 )
     return split
 

@@ -283,13 +283,23 @@ DOMAIN_WORDS = {
 }
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A pre-training caption: the scene's colour and shape, with its count, often its size and
+def caption(scene: Scene, rng: np.random.Generator, mode: str = "full") -> str:
+    """A pre-training caption: the scene's colour and shape (mode full; `shape` or `colour` name
+    one of them only, as web captions leave things out), with its count, often its size and
     domain, in one of several templates."""
     noun = scene.shape if scene.count == 1 else scene.shape + "s"
     article = "a" if scene.count == 1 else COUNT_WORDS[scene.count]
     size = f"{scene.size} " if rng.random() < 0.5 else ""
-    thing = f"{article} {size}{scene.colour} {noun}"
+    if mode == "shape":
+        thing = f"{article} {size}{noun}"
+    elif mode == "colour":
+        thing = (
+            f"{article} {size}{scene.colour} thing"
+            if scene.count == 1
+            else f"two {scene.colour} things"
+        )
+    else:
+        thing = f"{article} {size}{scene.colour} {noun}"
     prefix = rng.choice(DOMAIN_WORDS[scene.domain]) if rng.random() < 0.7 else ""
     template = rng.integers(0, 3)
     if template == 0 and prefix:
@@ -367,11 +377,18 @@ class ClipRecipe:
     # a batch holds one image of every class: no two captions in it describe the same class (no
     # false negatives), and every colour comes with all its shapes, so captions can only be
     # matched by seeing shape as well as colour (hard negatives)
-    batches_per_step: int = 1
+    batches_per_step: int = 2
+    shape_blocks: int = 4
+    colour_blocks: int = 2
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 50
     pool_per_class: int = 150
+    train_token_embedding: bool = True
+    text_lr_scale: float = 1.0
+    # steps that spread the text tower's caption features apart before the contrastive training
+    # (see pretrain_clip), and their learning rate
+    text_warmup: int = 60
     # share of each domain in the pre-training images: mostly photos, a little of the rest, as a
     # web crawl holds some sketches and paintings; it sets how much the shifted domains lose
     domain_mix: tuple[tuple[str, float], ...] = (
@@ -440,18 +457,34 @@ def pretraining_pool(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True)
     return to_tensor(images), scenes
 
 
-def clip_loss(logits, block: int):
-    """CLIP's symmetric contrastive loss; with several class-complete blocks in one step, each
-    block is its own contrast set (one image per class)."""
+CAPTION_MODES = ("full", "shape", "colour")
+
+
+def _tokens(texts: list[str], cache: dict):
+    """Tokenised texts [N, 77], each distinct text tokenised once."""
+    import torch
+
+    from promptdiff.backbone.prompts import tokenize
+
+    missing = [t for t in set(texts) if t not in cache]
+    if missing:
+        for t, tok in zip(missing, tokenize(missing)):
+            cache[t] = tok
+    return torch.stack([cache[t] for t in texts])
+
+
+def clip_loss(logits, sizes: list[int]):
+    """CLIP's symmetric contrastive loss within each contrast set (consecutive blocks of the
+    given sizes on the diagonal of the image-text logits), averaged over the sets."""
     import torch
     import torch.nn.functional as F
 
-    n = logits.shape[0] // block
-    losses = []
-    for b in range(n):
-        sub = logits[b * block : (b + 1) * block, b * block : (b + 1) * block]
-        target = torch.arange(block)
+    losses, start = [], 0
+    for n in sizes:
+        sub = logits[start : start + n, start : start + n]
+        target = torch.arange(n)
         losses.append((F.cross_entropy(sub, target) + F.cross_entropy(sub.t(), target)) / 2)
+        start += n
     return torch.stack(losses).mean()
 
 
@@ -461,24 +494,28 @@ def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, ca
     import torch.nn.functional as F
 
     from promptdiff.backbone.encoders import encode_image, encode_text_tokens
-    from promptdiff.backbone.prompts import tokenize
 
     pixels, scenes = pretraining_pool(spec, recipe, progress)
     names = classes(spec)
     model = build_clip(recipe, spec.size)
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
-    # the token embedding stays at its random init: fixed distinct codes per word are enough for
-    # a vocabulary of a few dozen words, and its dense 49408-row update would dominate each step
-    model.token_embedding.weight.requires_grad_(False)
+    model.token_embedding.weight.requires_grad_(recipe.train_token_embedding)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in params if p.dim() >= 2 and "embedding" not in n]
-    rest = [p for n, p in params if not (p.dim() >= 2 and "embedding" not in n)]
+    groups = []
+    for text in (False, True):
+        # the text tower starts out mapping every caption to nearly one vector, which starves the
+        # image tower of a shape signal; a larger step size breaks that symmetry sooner
+        lr = recipe.lr * (recipe.text_lr_scale if text else 1.0)
+        mine = [(n, p) for n, p in params if n.startswith("visual.") != text]
+        decay = [p for n, p in mine if p.dim() >= 2 and "embedding" not in n]
+        rest = [p for n, p in mine if not (p.dim() >= 2 and "embedding" not in n)]
+        groups += [
+            {"params": decay, "weight_decay": recipe.weight_decay, "lr": lr},
+            {"params": rest, "weight_decay": 0.0, "lr": lr},
+        ]
     optim = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": recipe.weight_decay},
-            {"params": rest, "weight_decay": 0},
-        ],
+        groups,
         lr=recipe.lr,
     )
 
@@ -493,23 +530,52 @@ def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, ca
     model.train()
     bar = _progress(range(recipe.steps), "pre-training the world's CLIP", progress)
     per_class = recipe.pool_per_class  # the pool holds each class's images in one block
+    shape_of = np.array([spec.shapes.index(sc.shape) for sc in scenes])
+    colour_of = np.array([spec.colours.index(sc.colour) for sc in scenes])
+    by_shape = [np.flatnonzero(shape_of == k) for k in range(len(spec.shapes))]
+    by_colour = [np.flatnonzero(colour_of == k) for k in range(len(spec.colours))]
+    # Symmetry breaking: at CLIP's init every caption gets nearly the same feature (cosines of
+    # 0.99), so the image tower receives no gradient towards shape, and the text tower none
+    # towards shape words, until one side sees shape; measured, the pair then stays colour-only
+    # for 1,000 steps. A short warm-up of the text tower alone on a uniformity loss (features of
+    # distinct captions pushed apart, no labels) gives distinct shape words distinct features.
+    warm = torch.optim.Adam([p for n, p in params if not n.startswith("visual.")], lr=recipe.lr)
+    for _ in range(recipe.text_warmup):
+        sample = rng.choice(len(scenes), size=64, replace=False)
+        texts = sorted({caption(scenes[i], rng, str(rng.choice(CAPTION_MODES))) for i in sample})
+        txt = F.normalize(encode_text_tokens(model, _tokens(texts, token_cache)), dim=-1)
+        gap = torch.cdist(txt, txt).square()
+        off = ~torch.eye(len(texts), dtype=torch.bool)
+        loss = torch.logsumexp(-2 * gap[off], 0) - math.log(int(off.sum()))
+        warm.zero_grad(set_to_none=True)
+        loss.backward()
+        warm.step()
     for step in bar:
-        idx = np.concatenate(
-            [
-                np.arange(len(names)) * per_class + rng.integers(0, per_class, size=len(names))
-                for _ in range(recipe.batches_per_step)
-            ]
-        )
-        texts = [caption(scenes[i], rng) for i in idx]
-        missing = [t for t in set(texts) if t not in token_cache]
-        if missing:
-            for t, tok in zip(missing, tokenize(missing)):
-                token_cache[t] = tok
-        tokens = torch.stack([token_cache[t] for t in texts])
+        # contrast sets without false negatives: one image per class (full captions), one per
+        # shape (shape-only captions) and one per colour (colour-only captions); the shape sets
+        # are what break the early colour-only solution, where shape words go unread
+        blocks = [
+            (
+                np.arange(len(names)) * per_class + rng.integers(0, per_class, size=len(names)),
+                "full",
+            )
+            for _ in range(recipe.batches_per_step)
+        ]
+        blocks += [
+            (np.array([rng.choice(group) for group in by_shape]), "shape")
+            for _ in range(recipe.shape_blocks)
+        ]
+        blocks += [
+            (np.array([rng.choice(group) for group in by_colour]), "colour")
+            for _ in range(recipe.colour_blocks)
+        ]
+        idx = np.concatenate([b for b, _ in blocks])
+        texts = [caption(scenes[i], rng, mode) for b, mode in blocks for i in b]
+        tokens = _tokens(texts, token_cache)
         img = F.normalize(encode_image(model, pixels[torch.as_tensor(idx)]), dim=-1)
         txt = F.normalize(encode_text_tokens(model, tokens), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.t()
-        loss = clip_loss(logits, len(names))
+        loss = clip_loss(logits, [len(b) for b, _ in blocks])
         optim.zero_grad(set_to_none=True)
         loss.backward()
         optim.step()

@@ -1,122 +1,190 @@
-"""The demo: base-to-new on the miniature world with its tiny CLIP, on the CPU, in a few minutes.
+"""The demo: base-to-new on the built-in shapes dataset with a tiny CLIP, on CPU, in a few minutes.
 
-Builds (or reuses) the world and the CLIP pre-trained on it (tools/miniworld.py build), then trains
-CoOp and CoOpDiff on the 20 base classes (16 shots, seed 1), evaluates them and zero-shot CLIP on
-the base and the 20 new classes, and prints the Base / New / HM table. Runs go through train.py
-into the scripts' folder layout under ./demo_output (or --workdir).
+Writes everything under ./demo_output (or --workdir): a Caltech101-layout dataset, tiny CLIP
+weights, and the usual output/base2new/... folders; then prints the Base / New / HM table.
+ZeroshotCLIP, CoOp and CoOpDiff run through train.py exactly as the scripts run them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, ROOT)
 
-import miniworld as world_tool  # noqa: E402
+from promptdiff.backbone import tiny_clip  # noqa: E402
+from promptdiff.engine.utils import torch_save_atomic  # noqa: E402
+from promptdiff.synthetic import make_shapes_caltech, pretrain_tiny_clip  # noqa: E402
 
-from promptdiff import miniworld as mw  # noqa: E402
-
-# the trainer configs, shortened where the world needs fewer epochs than ViT-B/16 on real data
-RUNS = {
-    "CoOp": ("vit_b16_ep50_ctxv1", ["OPTIM.MAX_EPOCH", "20"]),
-    "CoOpDiff": (
-        "vit_b16_ep50_ctxv1",
-        ["OPTIM.MAX_EPOCH", "24", "TRAINER.PD.STAGE1_EPOCHS", "20"],
-    ),
-}
+SHOTS = 8
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: list[str]) -> None:
+    """Run train.py in a child process, quietly unless it fails."""
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"demo: train.py failed: {' '.join(cmd)}")
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=os.path.join(ROOT, "demo_output"))
+    parser.add_argument("--epochs", type=int, default=10, help="stage-1 (baseline) epochs")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="a reduced world, a briefly pre-trained CLIP and 2+1 epochs (for the tests)",
+        "--pretrain-steps",
+        type=int,
+        default=300,
+        help="contrastive steps for the tiny CLIP (0: random)",
     )
-    args = parser.parse_args(argv)
-    start = time.time()
+    args = parser.parse_args()
+
     work = os.path.abspath(args.workdir)
-    data = os.path.join(work, "data")
-    if args.quick:
-        spec = mw.WorldSpec(n_train=16, n_val=1, n_test=2, domains=(mw.SOURCE,))
-        recipe = mw.ClipRecipe(steps=20, pool_per_class=4)
-        runs = {
-            "CoOp": ("vit_b16_ep50_ctxv1", ["OPTIM.MAX_EPOCH", "2"]),
-            "CoOpDiff": (
-                "vit_b16_ep50_ctxv1",
-                [
-                    "OPTIM.MAX_EPOCH",
-                    "3",
-                    "TRAINER.PD.STAGE1_EPOCHS",
-                    "2",
-                    "TRAINER.PD.OVERFIT_STEPS",
-                    "2",
-                    "TRAINER.PD.DEPTH",
-                    "1",
-                ],
-            ),  # fmt: skip
-        }
-    else:
-        spec, recipe, runs = mw.WorldSpec(), mw.ClipRecipe(), RUNS
-    print("[demo] building (or reusing) the miniature world and its CLIP", flush=True)
-    world_tool.build(data, spec, recipe)
-    opts = world_tool.world_opts(data)
-    out = os.path.join(work, "output")
-    shots, seed = world_tool.SHOTS, f"seed{args.seed}"
-    rel = os.path.join("base2new", "{split}", world_tool.SOURCE_DATASET, f"shots_{shots}")
+    data = make_shapes_caltech(os.path.join(work, "data"), n_classes=8, n_per_class=24)
+    weights = os.path.join(work, "tiny_clip.pt")
+    if not os.path.isfile(weights):
+        print("[demo] pre-training a tiny CLIP on captioned shapes (all 24 classes)", flush=True)
+        model = tiny_clip()
+        if args.pretrain_steps:
+            pretrain_tiny_clip(model, steps=args.pretrain_steps)
+        torch_save_atomic(model.state_dict(), weights)
+    out = os.path.join(work, "output", "base2new")
     common = [
-        "--root", data, "--seed", str(args.seed),
-        "--dataset-config-file", os.path.join(ROOT, "configs/datasets/miniworld.yaml"),
-    ]  # fmt: skip
+        "--root",
+        data,
+        "--seed",
+        str(args.seed),
+        "--dataset-config-file",
+        os.path.join(ROOT, "configs/datasets/caltech101.yaml"),
+    ]
+    opts = [
+        "MODEL.BACKBONE.PATH",
+        weights,
+        "INPUT.SIZE",
+        "(32, 32)",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "DATALOADER.TRAIN_X.BATCH_SIZE",
+        "8",
+        "DATALOADER.TEST.BATCH_SIZE",
+        "50",
+        "DATASET.NUM_SHOTS",
+        str(SHOTS),
+        "TRAINER.COOP.PREC",
+        "fp32",
+        "TRAINER.ZSCLIP.PREC",
+        "fp32",
+        "TRAIN.PRINT_FREQ",
+        "100",
+    ]
+    runs = {
+        "CoOp": ("vit_b16_ep50_ctxv1", ["OPTIM.MAX_EPOCH", str(args.epochs)]),
+        "CoOpDiff": (
+            "vit_b16_ep50_ctxv1",
+            [
+                "OPTIM.MAX_EPOCH",
+                str(args.epochs + 10),
+                "TRAINER.PD.STAGE1_EPOCHS",
+                str(args.epochs),
+                "TRAINER.PD.WIDTH",
+                "128",
+                "TRAINER.PD.DEPTH",
+                "2",
+                "TRAINER.PD.HEADS",
+                "4",
+                "TRAINER.PD.OVERFIT_STEPS",
+                "5",
+                "TRAINER.PD.OVERFIT_LR",
+                "3e-4",
+            ],
+        ),
+    }
+    cdir = f"caltech101/shots_{SHOTS}"
+    seed = f"seed{args.seed}"
     for trainer, (cfg_name, extra) in runs.items():
         cfg_file = os.path.join(ROOT, f"configs/trainers/{trainer}/{cfg_name}.yaml")
-        train_dir = os.path.join(out, rel.format(split="train_base"), trainer, cfg_name, seed)
-        test_dir = os.path.join(out, rel.format(split="test_new"), trainer, cfg_name, seed)
-        run = [*common, "--trainer", trainer, "--config-file", cfg_file, *opts]
-        run += ["DATASET.NUM_SHOTS", str(shots), *extra]
-        if not os.path.isfile(os.path.join(train_dir, "results.json")):
-            print(f"[demo] {trainer}: training on the base classes -> {train_dir}", flush=True)
-            world_tool.train_py(
-                [*run, "--output-dir", train_dir, "DATASET.SUBSAMPLE_CLASSES", "base"]
-            )
+        train_dir = os.path.join(out, "train_base", cdir, trainer, cfg_name, seed)
+        test_dir = os.path.join(out, "test_new", cdir, trainer, cfg_name, seed)
+        print(f"[demo] {trainer}: training on base classes -> {train_dir}", flush=True)
+        run(
+            [
+                *common,
+                "--trainer",
+                trainer,
+                "--config-file",
+                cfg_file,
+                "--output-dir",
+                train_dir,
+                *opts,
+                *extra,
+                "DATASET.SUBSAMPLE_CLASSES",
+                "base",
+            ]
+        )
         epoch = int(extra[extra.index("OPTIM.MAX_EPOCH") + 1])
-        print(f"[demo] {trainer}: evaluating on the new classes -> {test_dir}", flush=True)
-        world_tool.train_py([
-            *run, "--output-dir", test_dir, "--eval-only", "--model-dir", train_dir,
-            "--load-epoch", str(epoch), "DATASET.SUBSAMPLE_CLASSES", "new",
-        ])  # fmt: skip
+        print(f"[demo] {trainer}: evaluating on new classes -> {test_dir}", flush=True)
+        run(
+            [
+                *common,
+                "--trainer",
+                trainer,
+                "--config-file",
+                cfg_file,
+                "--output-dir",
+                test_dir,
+                "--eval-only",
+                "--model-dir",
+                train_dir,
+                "--load-epoch",
+                str(epoch),
+                *opts,
+                *extra,
+                "DATASET.SUBSAMPLE_CLASSES",
+                "new",
+            ]
+        )
     zs_cfg = os.path.join(ROOT, "configs/trainers/CoOp/vit_b16_ep50.yaml")
-    totals = {}
     for split, sub in (("train_base", "base"), ("test_new", "new")):
-        zs_dir = os.path.join(out, rel.format(split=split), "ZeroshotCLIP", "vit_b16_ep50", seed)
-        print(f"[demo] ZeroshotCLIP: evaluating on the {sub} classes -> {zs_dir}", flush=True)
-        world_tool.train_py([
-            *common, "--trainer", "ZeroshotCLIP", "--config-file", zs_cfg, "--output-dir",
-            zs_dir, "--eval-only", *opts, "DATASET.SUBSAMPLE_CLASSES", sub,
-        ])  # fmt: skip
-        with open(os.path.join(zs_dir, "results.json")) as f:
-            totals[sub] = json.load(f)["total"]
+        zs_dir = os.path.join(out, split, cdir, "ZeroshotCLIP", "vit_b16_ep50", seed)
+        print(f"[demo] ZeroshotCLIP: evaluating on {sub} classes -> {zs_dir}", flush=True)
+        run(
+            [
+                *common,
+                "--trainer",
+                "ZeroshotCLIP",
+                "--config-file",
+                zs_cfg,
+                "--output-dir",
+                zs_dir,
+                "--eval-only",
+                *opts,
+                "DATASET.SUBSAMPLE_CLASSES",
+                sub,
+            ]
+        )
 
     print(flush=True)
-    table = world_tool.tables(
-        out, ["ZeroshotCLIP", *runs], [args.seed], (), protocols=("base2new",)
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools/results_table.py"),
+            "--root",
+            os.path.join(work, "output"),
+            "--protocol",
+            "base2new",
+            "--shots",
+            str(SHOTS),
+            "--trainers",
+            "ZeroshotCLIP,CoOp,CoOpDiff",
+        ],
+        check=True,
     )
-    print(table.strip())
-    print(
-        f"\nEach Base figure rests on {totals['base']} test images of the 20 base classes and each "
-        f"New figure on {totals['new']} of the 20 new classes (one seed; one image is "
-        f"{100 / totals['base']:.2f} points). Elapsed: {time.time() - start:.0f} s."
-    )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
