@@ -23,29 +23,22 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import results_io as rio  # noqa: E402
 
 from promptdiff import miniworld as mw  # noqa: E402
 
 CLIP_FILE = "miniworld_clip.pt"
 SHOTS = 16
-TRAINERS = (
-    "ZeroshotCLIP",
-    "CoOp",
-    "CoOpDiff",
-    "CoCoOp",
-    "CoCoOpDiff",
-    "VPT",
-    "VPTDiff",
-    "MaPLe",
-    "MaPLeDiff",
-)
+# every trainer, in the tables' order (ZeroshotCLIP, then each method beside its Diff variant)
+TRAINERS = rio.TRAINER_ORDER
 DIFF_TRAINERS = tuple(t for t in TRAINERS if t.endswith("Diff"))
 SOURCE_DATASET = "miniworld"
 # the dataset config name (configs/datasets/<name>.yaml) of each domain
 DOMAIN_CONFIGS = {d: SOURCE_DATASET if d == mw.SOURCE else f"miniworld_{d}" for d in mw.DOMAINS}
 # what every run on the world needs on top of the trainer configs: the world's CLIP and its
 # 32-pixel input, fp32 on the CPU, and no loader workers (bit-for-bit repeatable on the CPU)
-PRECISION_KEYS = ("COOP", "COCOOP", "VPT", "MAPLE", "ZSCLIP")
 
 
 def world_opts(root: str) -> list[str]:
@@ -61,9 +54,18 @@ def world_opts(root: str) -> list[str]:
         "TRAIN.PRINT_FREQ",
         "50",
     ]
-    for key in PRECISION_KEYS:
+    for key in precision_keys():
         opts += [f"TRAINER.{key}.PREC", "fp32"]
     return opts
+
+
+def precision_keys() -> list[str]:
+    """The trainer namespaces that have a PREC key (TRAINER.<KEY>.PREC)."""
+    from promptdiff.config import extend_cfg
+    from promptdiff.engine.config import get_cfg_default
+
+    trainer = extend_cfg(get_cfg_default()).TRAINER
+    return sorted(k for k, v in trainer.items() if hasattr(v, "get") and "PREC" in v)
 
 
 def read_spec(root: str) -> mw.WorldSpec:
