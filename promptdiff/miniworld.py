@@ -373,19 +373,20 @@ class ClipRecipe:
     patch_size: int = 4
     text_width: int = 64
     text_layers: int = 3
-    steps: int = 600
+    # measured on the full world (2 CPU cores, ~0.15 s a step): shape is unread for ~300 steps,
+    # then the linear probe climbs 45 % (250) -> 56 % (500) -> 78 % (1000) -> 81 % (1500)
+    steps: int = 1500
     # a batch holds one image of every class: no two captions in it describe the same class (no
     # false negatives), and every colour comes with all its shapes, so captions can only be
     # matched by seeing shape as well as colour (hard negatives)
-    batches_per_step: int = 2
-    shape_blocks: int = 4
-    colour_blocks: int = 2
+    batches_per_step: int = 1
+    shape_blocks: int = 8
+    colour_blocks: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 50
     pool_per_class: int = 150
     train_token_embedding: bool = True
-    text_lr_scale: float = 1.0
     # steps that spread the text tower's caption features apart before the contrastive training
     # (see pretrain_clip), and their learning rate
     text_warmup: int = 60
@@ -502,20 +503,13 @@ def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, ca
     rng = np.random.default_rng(recipe.seed)
     model.token_embedding.weight.requires_grad_(recipe.train_token_embedding)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = []
-    for text in (False, True):
-        # the text tower starts out mapping every caption to nearly one vector, which starves the
-        # image tower of a shape signal; a larger step size breaks that symmetry sooner
-        lr = recipe.lr * (recipe.text_lr_scale if text else 1.0)
-        mine = [(n, p) for n, p in params if n.startswith("visual.") != text]
-        decay = [p for n, p in mine if p.dim() >= 2 and "embedding" not in n]
-        rest = [p for n, p in mine if not (p.dim() >= 2 and "embedding" not in n)]
-        groups += [
-            {"params": decay, "weight_decay": recipe.weight_decay, "lr": lr},
-            {"params": rest, "weight_decay": 0.0, "lr": lr},
-        ]
+    decay = [p for n, p in params if p.dim() >= 2 and "embedding" not in n]
+    rest = [p for n, p in params if not (p.dim() >= 2 and "embedding" not in n)]
     optim = torch.optim.AdamW(
-        groups,
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ],
         lr=recipe.lr,
     )
 

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from promptdiff import miniworld as mw
 
@@ -115,3 +116,39 @@ def test_captions_name_what_their_mode_says():
         assert "red" in full and "star" in full
         assert "star" in shape and "red" not in shape
         assert "red" in colour and "star" not in colour
+
+
+# a reduced world (2 colours x 5 shapes) and a CLIP pre-trained for ~45 s on 2 cores
+REDUCED = mw.WorldSpec(colours=("red", "blue"), n_train=12, n_val=1, n_test=8, domains=("photo",))
+QUICK = mw.ClipRecipe(steps=450, pool_per_class=30)
+
+
+@pytest.fixture(scope="module")
+def quick_clip(tmp_path_factory):
+    folder = mw.write_world(str(tmp_path_factory.mktemp("mw")), REDUCED, progress=False)
+    return folder, mw.pretrain_clip(REDUCED, QUICK, progress=False)
+
+
+def test_quick_clip_learns_shape_not_only_colour(quick_clip):
+    folder, model = quick_clip
+    names = [mw.class_name(c, s) for c, s in mw.classes(REDUCED)]
+    text = mw.text_features(model, [mw.ZS_TEMPLATE.format(n) for n in names])
+    same_colour = [
+        (i, j)
+        for i, (ci, si) in enumerate(mw.classes(REDUCED))
+        for j, (cj, sj) in enumerate(mw.classes(REDUCED))
+        if i < j and ci == cj
+    ]
+    # classes that differ only in shape get different zero-shot prompts (all 20 such pairs)
+    assert len(same_colour) == 20
+    assert max((text[i] @ text[j]).item() for i, j in same_colour) < 0.95
+    train_x, train_y = mw.load_split_images(folder, "photo", "train")
+    test_x, test_y = mw.load_split_images(folder, "photo", "test")
+    probe = mw.linear_probe(
+        mw.image_features(model, train_x), train_y, mw.image_features(model, test_x), test_y
+    )
+    # colour alone tells 2 groups of 5 classes apart: at most 20 % of the 10 classes
+    assert probe >= 30.0
+    with torch.no_grad():
+        zs = mw.zero_shot_accuracy(model, mw.image_features(model, test_x), test_y, names)
+    assert zs >= 30.0
