@@ -689,8 +689,6 @@ class Check:
 
 def world_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
     """Every figure of the world checks that needs only the CLIP (the CoOp figure is separate)."""
-    import torch
-
     names = [class_name(c, s) for c, s in classes(spec)]
     half = math.ceil(len(names) / 2)
     text = text_features(model, [ZS_TEMPLATE.format(n) for n in names])
@@ -732,5 +730,4 @@ def world_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
                 " pts",
             )
         )
-    del torch
     return checks

@@ -15,6 +15,7 @@ next to the world. See docs/RESULTS_MINIWORLD.md for what these figures are.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import shutil
@@ -86,17 +87,13 @@ def build(root: str, spec: mw.WorldSpec, recipe: mw.ClipRecipe, progress: bool =
     folder = mw.write_world(root, spec, progress=progress)
     cached = mw.cached_clip(spec, recipe, progress=progress)
     target = os.path.join(root, CLIP_FILE)
-    if not os.path.isfile(target) or not _same_file(cached, target):
+    if not os.path.isfile(target) or not filecmp.cmp(cached, target, shallow=False):
         tmp = target + ".tmp"
         shutil.copyfile(cached, tmp)
         os.replace(tmp, target)
     print(f"world: {folder} ({len(mw.classes(spec))} classes, domains {', '.join(spec.domains)})")
     print(f"CLIP:  {target} (cached as {cached})")
     return target
-
-
-def _same_file(a: str, b: str) -> bool:
-    return os.path.getsize(a) == os.path.getsize(b) and open(a, "rb").read() == open(b, "rb").read()
 
 
 def train_py(args: list[str], quiet: bool = True) -> subprocess.CompletedProcess:
