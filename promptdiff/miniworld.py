@@ -39,12 +39,15 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 50, 205),
     "pink": (245, 130, 190),
 }
-SHAPES = ("circle", "square", "triangle", "cross", "star")
+# five shapes a 4-layer ViT tells apart at 32 pixels within a few hundred steps: a cross and a
+# star (the first choice) stayed confused with the square for 1,500 steps (linear probe 84 %)
+SHAPES = ("circle", "square", "triangle", "ring", "bar")
 SOURCE = "photo"
 DOMAINS = ("photo", "sketch", "clutter", "palette", "night")
 SPLITS = ("train", "val", "test")
 DATASET_DIR = "miniworld"
-WORLD_VERSION = 1
+# bump when rendering changes: the digest must name what is on disk
+WORLD_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,11 @@ class WorldSpec:
     domains: tuple[str, ...] = DOMAINS
     colours: tuple[str, ...] = tuple(COLOURS)
     shapes: tuple[str, ...] = SHAPES
+    # The world's downstream camera turns every hue by this many degrees, a white balance the
+    # pre-training crawl never saw (as downstream datasets differ from CLIP's web images): it
+    # costs zero-shot accuracy and leaves the information in the image, so there is something
+    # for a learned prompt to recover.
+    camera_hue: float = 35.0
 
     def __post_init__(self):
         unknown = [d for d in self.domains if d not in DOMAINS]
@@ -109,6 +117,9 @@ SUPERSAMPLE = 4
 # objects turn by up to this angle (radians, ~23 degrees) either way: a small ViT trained for a
 # minute on the CPU learns shape under that, and stays near chance under full rotation
 MAX_ROTATION = 0.4
+# half-height of a bar and hole radius of a ring, relative to the shape's radius
+BAR_WIDTH = 0.3
+RING_HOLE = 0.5
 
 
 def _shape_points(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple]:
@@ -122,16 +133,8 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, angle: float) -> l
             for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
         ]
         pts = [(x * 1.08, y * 1.08 + 0.12) for x, y in pts]
-    elif shape == "cross":
-        w = 0.34
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w),
-               (-1, w), (-1, -w), (-w, -w)]  # fmt: skip
-    elif shape == "star":
-        pts = []
-        for k in range(10):
-            a = -math.pi / 2 + k * math.pi / 5
-            rad = 1.0 if k % 2 == 0 else 0.42
-            pts.append((rad * math.cos(a), rad * math.sin(a)))
+    elif shape == "bar":
+        pts = [(-1, -BAR_WIDTH), (1, -BAR_WIDTH), (1, BAR_WIDTH), (-1, BAR_WIDTH)]
     else:
         raise ValueError(f"Unknown shape {shape!r}; the world has {SHAPES}.")
     ca, sa = math.cos(angle), math.sin(angle)
@@ -139,7 +142,17 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, angle: float) -> l
 
 
 def _draw_shape(draw, shape, cx, cy, r, angle, fill, outline=None, width=0):
-    if shape == "circle":
+    if shape == "ring":
+        rr = r * 0.9
+        if fill is not None:
+            draw.ellipse(
+                (cx - rr, cy - rr, cx + rr, cy + rr), outline=fill, width=int(rr * (1 - RING_HOLE))
+            )
+        else:
+            for k in (1.0, RING_HOLE):
+                box = (cx - rr * k, cy - rr * k, cx + rr * k, cy + rr * k)
+                draw.ellipse(box, outline=outline, width=width)
+    elif shape == "circle":
         box = (cx - r * 0.9, cy - r * 0.9, cx + r * 0.9, cy + r * 0.9)
         draw.ellipse(box, fill=fill, outline=outline, width=width)
     else:
@@ -269,7 +282,16 @@ def render_example(
     colour, shape = classes(spec)[label]
     rng = _rng(spec.seed, domain, split, colour, shape, index)
     scene = sample_scene(colour, shape, domain, rng)
-    return render(scene, spec.size, rng), scene
+    return turn_hue(render(scene, spec.size, rng), spec.camera_hue), scene
+
+
+def turn_hue(img: Image.Image, degrees: float) -> Image.Image:
+    """`img` with every hue turned by `degrees` (saturation and value kept)."""
+    if not degrees:
+        return img
+    hsv = np.asarray(img.convert("HSV")).astype(np.int32)
+    hsv[..., 0] = (hsv[..., 0] + round(degrees / 360 * 256)) % 256
+    return Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")
 
 
 # ---- captions --------------------------------------------------------------------------------
@@ -375,7 +397,7 @@ class ClipRecipe:
     text_layers: int = 3
     # measured on the full world (2 CPU cores, ~0.15 s a step): shape is unread for ~300 steps,
     # then the linear probe climbs 45 % (250) -> 56 % (500) -> 78 % (1000) -> 81 % (1500)
-    steps: int = 1500
+    steps: int = 1000
     # a batch holds one image of every class: no two captions in it describe the same class (no
     # false negatives), and every colour comes with all its shapes, so captions can only be
     # matched by seeing shape as well as colour (hard negatives)
@@ -393,11 +415,11 @@ class ClipRecipe:
     # share of each domain in the pre-training images: mostly photos, a little of the rest, as a
     # web crawl holds some sketches and paintings; it sets how much the shifted domains lose
     domain_mix: tuple[tuple[str, float], ...] = (
-        ("photo", 0.72),
-        ("sketch", 0.07),
-        ("clutter", 0.07),
-        ("palette", 0.07),
-        ("night", 0.07),
+        ("photo", 0.6),
+        ("sketch", 0.1),
+        ("clutter", 0.1),
+        ("palette", 0.1),
+        ("night", 0.1),
     )
 
     def digest(self, spec: WorldSpec) -> str:

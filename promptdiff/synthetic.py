@@ -67,34 +67,3 @@ def make_shapes_caltech(
                 shape_name = name if name != "BACKGROUND_Google" else "red_circle"
                 _draw(shape_name, size, rng).save(path)
     return root
-
-
-def pretrain_tiny_clip(model, steps: int = 300, batch: int = 64, seed: int = 0, lr: float = 1e-3):
-    """Contrastively train a tiny CLIP on captioned shapes ("a photo of a red circle.") of all 24
-    classes, so that zero-shot transfer to unseen classes means something in the demo."""
-    import torch
-    import torch.nn.functional as F
-
-    from promptdiff.backbone.prompts import tokenize
-
-    names = class_names(len(COLOURS) * len(SHAPES))
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
-    size = model.visual.input_resolution
-    tokens = tokenize([f"a photo of a {n.replace('_', ' ')}." for n in names])
-    optim = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        labels = rng.choice(len(names), size=batch, replace=False if batch <= len(names) else True)
-        pixels = np.stack([np.asarray(_draw(names[i], size, rng)) for i in labels])
-        images = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - mean) / std
-        img = F.normalize(model.encode_image(images), dim=-1)
-        txt = F.normalize(model.encode_text(tokens), dim=-1)
-        logits = model.logit_scale.exp() * img @ txt.t()
-        loss = F.cross_entropy(logits, torch.as_tensor(labels))
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-    return model.eval()

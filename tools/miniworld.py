@@ -186,10 +186,11 @@ def _quote(word: str) -> str:
     return f"'{word}'" if any(c in word for c in " ()") else word
 
 
-def run_protocols(root: str, output: str, trainers, seeds, protocols) -> None:
-    """base2new and dg for each trainer and seed, through the per-trainer scripts."""
+def run_protocols(root: str, output: str, trainers, seeds, protocols, extra=()) -> None:
+    """base2new and dg for each trainer and seed, through the per-trainer scripts; `extra` are
+    KEY VALUE options added to every run."""
     read_spec(root)
-    env = script_env(root, output, [])
+    env = script_env(root, output, list(extra))
     domains = [DOMAIN_CONFIGS[d] for d in read_spec(root).domains]
     for seed in seeds:
         for trainer in trainers:
@@ -206,8 +207,10 @@ def run_protocols(root: str, output: str, trainers, seeds, protocols) -> None:
                         script(trainer, "xd_test", dataset, s, env=env)
 
 
-def tables(output: str, trainers, seeds, domains, protocols=("base2new", "dg")) -> str:
-    """The base2new and dg tables (mean ± std over seeds) as Markdown."""
+def tables(
+    output: str, trainers, seeds, domains, protocols=("base2new", "dg"), std: bool = True
+) -> str:
+    """The base2new and dg tables (mean, and ± std over seeds with `std`) as Markdown."""
     out = []
     for protocol in protocols:
         cmd = [
@@ -221,9 +224,9 @@ def tables(output: str, trainers, seeds, domains, protocols=("base2new", "dg")) 
             ",".join(trainers),
             "--seeds",
             ",".join(map(str, seeds)),
-            "--std",
             "--format",
             "markdown",
+            *(["--std"] if std else []),
         ]
         if protocol == "dg":
             targets = [DOMAIN_CONFIGS[d] for d in domains if d != mw.SOURCE]
