@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
-
-import json
-import re
 
 import pytest
 
