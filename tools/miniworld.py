@@ -7,6 +7,10 @@
                                                     the scripts in scripts/, then the tables
     python tools/miniworld.py ablate --root DIR --output OUT
                                                     INFERENCE modes and STEPS of the *Diff runs
+    python tools/miniworld.py tune --root DIR --output OUT --trainer T --config CFG
+           --grid KEY=V1,V2 [--grid ...] [--eval-grid KEY=V1,V2]
+                                                    base-class val accuracy (never test) of each
+                                                    combination, trained on 16 base shots
 
 The CLIP is pre-trained once per machine and recipe (cached in ~/.cache/promptdiff) and copied
 next to the world. See docs/RESULTS_MINIWORLD.md for what these figures are.
@@ -57,7 +61,15 @@ def world_opts(root: str) -> list[str]:
     ]
     for key in precision_keys():
         opts += [f"TRAINER.{key}.PREC", "fp32"]
+    for key, depth in DEEP_PROMPT_DEPTHS.items():
+        opts += [key, str(depth)]
     return opts
+
+
+# The deep-prompt depths of the papers' configs for 12-layer ViT-B/16 (VPT: every layer; MaPLe: 9
+# of 12), scaled to the world CLIP's 4 vision and 3 text layers. (IVLP's configs differ in which
+# towers they prompt, so a run of IVLP on the world sets its depths itself.)
+DEEP_PROMPT_DEPTHS = {"TRAINER.VPT.PROMPT_DEPTH_VISION": 4, "TRAINER.MAPLE.PROMPT_DEPTH": 3}
 
 
 def precision_keys() -> list[str]:
@@ -127,8 +139,9 @@ def coop_check(root: str, workdir: str, epochs: int = 20) -> tuple[float, float]
     return _accuracy(coop_dir), _accuracy(zs_dir)
 
 
-def _accuracy(run_dir: str) -> float:
-    with open(os.path.join(run_dir, "results.json")) as f:
+def _accuracy(run_dir: str, split: str = "test") -> float:
+    name = "results.json" if split == "test" else f"results_{split}.json"
+    with open(os.path.join(run_dir, name)) as f:
         return float(json.load(f)["accuracy"])
 
 
@@ -274,6 +287,96 @@ def ablate(root: str, output: str, trainers, seeds) -> None:
                         ])  # fmt: skip
 
 
+def ablation_table(output: str, trainers, seeds) -> str:
+    """Markdown: Base / New / HM (mean ± std over seeds) of each *Diff trainer's base2new models
+    under the main setting (INFERENCE sample, 5 steps) and each ablation; HM is the harmonic mean
+    of the seed-averaged Base and New, as in the results tables."""
+    import numpy as np
+
+    settings = [("sample, 5 steps (main)", os.path.join(output, "base2new"))] + [
+        (name.replace("_", " "), os.path.join(output, "ablations", name, "base2new"))
+        for name in ABLATIONS
+    ]
+    lines = ["| Trainer | Setting | Base | New | HM |", "|:--|:--|--:|--:|--:|"]
+    for trainer in trainers:
+        for label, tree in settings:
+            accs: dict[str, list[float]] = {"base": [], "new": []}
+            for seed in seeds:
+                found = {}
+                for part, sub in (("train_base", "base"), ("test_new", "new")):
+                    run = os.path.join(tree, part, SOURCE_DATASET, f"shots_{SHOTS}", trainer)
+                    dirs = (
+                        [os.path.join(run, c, f"seed{seed}") for c in sorted(os.listdir(run))]
+                        if os.path.isdir(run)
+                        else []
+                    )
+                    dirs = [d for d in dirs if os.path.isfile(os.path.join(d, "results.json"))]
+                    if dirs:
+                        found[sub] = _accuracy(dirs[0])
+                if len(found) == 2:
+                    accs["base"].append(found["base"])
+                    accs["new"].append(found["new"])
+            if not accs["base"]:
+                continue
+            base, new = np.mean(accs["base"]), np.mean(accs["new"])
+            cells = [f"{np.mean(v):.2f} ± {np.std(v):.2f}" for v in accs.values()]
+            cells.append(f"{2 * base * new / (base + new):.2f}")
+            lines.append(
+                f"| {trainer} | {label} ({len(accs['base'])} seeds) | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """[(KEY, [values])] from KEY=V1,V2 arguments."""
+    grid = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise SystemExit(f"error: --grid/--eval-grid takes KEY=V1,V2 (got {item!r}).")
+        grid.append((key, values.split(",")))
+    return grid
+
+
+def combinations(grid: list[tuple[str, list[str]]]) -> list[list[str]]:
+    """Every combination of the grid as KEY VALUE option lists (one empty list for no grid)."""
+    combos: list[list[str]] = [[]]
+    for key, values in grid:
+        combos = [c + [key, v] for c in combos for v in values]
+    return combos
+
+
+def tune(root, output, trainer, cfg, grid, eval_grid, seed: int = 1) -> list[tuple[str, float]]:
+    """Train `trainer` on 16 base shots for each grid combination and evaluate each on the base
+    classes' val split (with every eval-grid combination, without retraining); returns
+    [(options, val accuracy)] and prints them, best marked."""
+    common = [
+        "--root", root, "--seed", str(seed), "--trainer", trainer,
+        "--dataset-config-file", os.path.join(ROOT, "configs/datasets/miniworld.yaml"),
+        "--config-file", os.path.join(ROOT, "configs/trainers", trainer, f"{cfg}.yaml"),
+    ]  # fmt: skip
+    opts = [*world_opts(root), "DATASET.NUM_SHOTS", str(SHOTS),
+            "DATASET.SUBSAMPLE_CLASSES", "base", "TEST.SPLIT", "val"]  # fmt: skip
+    rows = []
+    for k, combo in enumerate(combinations(grid)):
+        train_dir = os.path.join(output, "tune", trainer, cfg, f"seed{seed}", f"run{k}")
+        if not os.path.isfile(os.path.join(train_dir, "results_val.json")):
+            print(f"[tune] {trainer} {' '.join(combo)}", flush=True)
+            train_py([*common, "--output-dir", train_dir, *opts, *combo])
+        for j, extra in enumerate(combinations(eval_grid)):
+            eval_dir = os.path.join(train_dir, f"eval{j}")
+            if extra and not os.path.isfile(os.path.join(eval_dir, "results_val.json")):
+                train_py([*common, "--output-dir", eval_dir, "--eval-only", "--model-dir",
+                          train_dir, "--load-epoch", str(_last_epoch(train_dir)), *opts, *combo,
+                          *extra])  # fmt: skip
+            acc = _accuracy(eval_dir if extra else train_dir, "val")
+            rows.append((" ".join(combo + extra), acc))
+    best = max(acc for _, acc in rows)
+    for options, acc in rows:
+        print(f"{'*' if acc == best else ' '} {acc:6.2f}  {options or '(config as is)'}")
+    return rows
+
+
 def _train_dirs(tree: str, trainer: str, seed: int) -> list[tuple[str, str]]:
     base = os.path.join(tree, "train_base", SOURCE_DATASET, f"shots_{SHOTS}", trainer)
     if not os.path.isdir(base):
@@ -293,7 +396,7 @@ def _last_epoch(run_dir: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("build", "check", "run", "ablate", "table"):
+    for name in ("build", "check", "run", "ablate", "table", "tune"):
         p = sub.add_parser(name)
         p.add_argument("--root", required=True, help="folder that holds (or will hold) the world")
         if name == "build":
@@ -306,12 +409,27 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--trainers", default=",".join(TRAINERS))
         if name == "run":
             p.add_argument("--protocols", default="base2new,dg")
+        if name == "tune":
+            p.add_argument("--output", required=True, help="output root of the tuning runs")
+            p.add_argument("--trainer", required=True)
+            p.add_argument("--config", required=True, help="config name in configs/trainers/T/")
+            p.add_argument("--grid", action="append", default=[], help="KEY=V1,V2 (trained)")
+            p.add_argument("--eval-grid", action="append", default=[], help="KEY=V1,V2 (eval)")
+            p.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if args.command == "build":
         build(args.root, mw.WorldSpec(seed=args.seed), mw.ClipRecipe())
         return 0
     if args.command == "check":
         return 0 if all(c.ok for c in check(args.root, not args.no_coop)) else 1
+    if args.command == "tune":
+        if args.trainer not in TRAINERS:
+            raise SystemExit(
+                f"error: unknown trainer {args.trainer!r}; use one of {','.join(TRAINERS)}."
+            )
+        tune(args.root, args.output, args.trainer, args.config, parse_grid(args.grid),
+             parse_grid(args.eval_grid), args.seed)  # fmt: skip
+        return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     trainers = [t for t in args.trainers.split(",") if t]
     unknown = [t for t in trainers if t not in TRAINERS]
@@ -320,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         run_protocols(args.root, args.output, trainers, seeds, args.protocols.split(","))
     elif args.command == "ablate":
-        ablate(args.root, args.output, [t for t in trainers if t in DIFF_TRAINERS], seeds)
+        diff = [t for t in trainers if t in DIFF_TRAINERS]
+        ablate(args.root, args.output, diff, seeds)
+        print(ablation_table(args.output, diff, seeds))
     print(tables(args.output, trainers, seeds, read_spec(args.root).domains))
     return 0
 
