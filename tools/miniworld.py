@@ -409,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--trainers", default=",".join(TRAINERS))
         if name == "run":
             p.add_argument("--protocols", default="base2new,dg")
+            p.add_argument(
+                "--opts", default="", help="'KEY VALUE ...' added to every run (an ablation)"
+            )
         if name == "tune":
             p.add_argument("--output", required=True, help="output root of the tuning runs")
             p.add_argument("--trainer", required=True)
@@ -435,13 +438,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in trainers if t not in TRAINERS]
     if unknown:
         raise SystemExit(f"error: unknown trainer(s) {unknown}; use some of {','.join(TRAINERS)}.")
+    protocols = ("base2new", "dg")
     if args.command == "run":
-        run_protocols(args.root, args.output, trainers, seeds, args.protocols.split(","))
+        protocols = args.protocols.split(",")
+        run_protocols(args.root, args.output, trainers, seeds, protocols, args.opts.split())
     elif args.command == "ablate":
         diff = [t for t in trainers if t in DIFF_TRAINERS]
         ablate(args.root, args.output, diff, seeds)
         print(ablation_table(args.output, diff, seeds))
-    print(tables(args.output, trainers, seeds, read_spec(args.root).domains))
+        return 0
+    print(tables(args.output, trainers, seeds, read_spec(args.root).domains, protocols))
     return 0
 
 
