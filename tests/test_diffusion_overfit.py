@@ -96,3 +96,16 @@ def test_bad_arguments_raise():
         overfit_per_sample(loss_fn, base, B, steps=-1, lr=1.0)
     with pytest.raises(ValueError, match="loss_fn"):
         overfit_per_sample(lambda p: loss_fn(p).mean(), base, B, steps=1, lr=1.0)
+
+
+def test_aux_is_what_loss_fn_returns_at_the_overfitted_prompts():
+    _, base, _, loss_fn = make_problem()
+
+    def with_aux(p):
+        return loss_fn(p), p.detach().flatten(1).sum(1)
+
+    plain = overfit_per_sample(loss_fn, base, B, steps=3, lr=0.1, optimizer="adam")
+    result = overfit_per_sample(with_aux, base, B, steps=3, lr=0.1, optimizer="adam", has_aux=True)
+    assert torch.equal(result.targets, plain.targets) and plain.aux_after is None
+    assert torch.equal(result.aux_after, result.targets.flatten(1).sum(1))
+    assert torch.equal(result.loss_after, loss_fn(result.targets).detach())

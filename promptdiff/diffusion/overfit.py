@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,11 +14,13 @@ OPTIMIZERS = ("sgd", "adam")
 
 @dataclass
 class OverfitResult:
-    """Detached over-fitted prompts [B, *S] and per-sample losses [B] before and after."""
+    """Detached over-fitted prompts [B, *S], per-sample losses [B] before and after, and with
+    ``has_aux`` what ``loss_fn`` returned beside the losses of the over-fitted prompts."""
 
     targets: Tensor
     loss_before: Tensor
     loss_after: Tensor
+    aux_after: Any = None
 
     @property
     def mean_before(self) -> float:
@@ -28,18 +31,19 @@ class OverfitResult:
         return self.loss_after.float().mean().item()
 
 
-def _per_sample(loss_fn: Callable[[Tensor], Tensor], prompts: Tensor) -> Tensor:
-    losses = loss_fn(prompts)
+def _per_sample(loss_fn: Callable, prompts: Tensor, has_aux: bool) -> tuple[Tensor, Any]:
+    """(losses [B], aux or None) of loss_fn at the prompts."""
+    losses, aux = loss_fn(prompts) if has_aux else (loss_fn(prompts), None)
     if losses.shape != (prompts.shape[0],):
         raise ValueError(
             f"loss_fn must return per-sample losses of shape [{prompts.shape[0]}], "
             f"got {list(losses.shape)}."
         )
-    return losses
+    return losses, aux
 
 
 def overfit_per_sample(
-    loss_fn: Callable[[Tensor], Tensor],
+    loss_fn: Callable,
     base: Tensor,
     batch_size: int,
     steps: int,
@@ -47,6 +51,7 @@ def overfit_per_sample(
     optimizer: str = "sgd",
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    has_aux: bool = False,
 ) -> OverfitResult:
     """Take ``steps`` gradient steps on B copies of ``base`` at once, copy i on loss_fn(.)[i].
 
@@ -56,7 +61,9 @@ def overfit_per_sample(
     w.r.t. the copies only, so ``base`` and any parameter's ``.grad`` are left untouched. Grad mode
     is enabled inside, so this also works under the caller's ``torch.no_grad()``. Adam is
     elementwise, hence per-copy as well. Cost: ``steps`` forward+backward passes plus one forward
-    for the final losses (the "before" losses come from the first step's forward).
+    for the final losses (the "before" losses come from the first step's forward). With
+    ``has_aux`` (as in ``torch.func.grad``) ``loss_fn`` returns ``(losses, aux)``, and the aux of
+    that final forward (e.g. the logits of the over-fitted prompts) comes back as ``aux_after``.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
@@ -68,7 +75,7 @@ def overfit_per_sample(
         m = v = None
         loss_before = None
         for k in range(1, steps + 1):
-            losses = _per_sample(loss_fn, p)
+            losses, _ = _per_sample(loss_fn, p, has_aux)
             if loss_before is None:
                 loss_before = losses.detach()
             (g,) = torch.autograd.grad(losses.sum(), p)
@@ -86,7 +93,8 @@ def overfit_per_sample(
                     v_hat = v / (1 - betas[1] ** k)
                     p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
     with torch.no_grad():
-        loss_after = _per_sample(loss_fn, p).detach()
+        loss_after, aux_after = _per_sample(loss_fn, p, has_aux)
+    loss_after = loss_after.detach()
     if loss_before is None:
         loss_before = loss_after
-    return OverfitResult(p.detach(), loss_before, loss_after)
+    return OverfitResult(p.detach(), loss_before, loss_after, aux_after)
