@@ -42,6 +42,18 @@ def _per_sample(loss_fn: Callable, prompts: Tensor, has_aux: bool) -> tuple[Tens
     return losses, aux
 
 
+def _optimizer(
+    name: str, p: Tensor, lr: float, betas: tuple[float, float], eps: float
+) -> torch.optim.Optimizer:
+    """torch.optim over the copies [B, *S]: SGD (no momentum) or Adam, both elementwise, so
+    each copy's update depends on its own gradient only. Adam takes the fused kernel where there
+    is one (one pass over the tensor instead of about ten)."""
+    if name == "sgd":
+        return torch.optim.SGD([p], lr=lr)
+    fused = True if p.device.type in ("cpu", "cuda") else None
+    return torch.optim.Adam([p], lr=lr, betas=betas, eps=eps, fused=fused)
+
+
 def overfit_per_sample(
     loss_fn: Callable,
     base: Tensor,
@@ -59,8 +71,9 @@ def overfit_per_sample(
     e.g. no batch-norm statistics across the batch): one backward pass of the summed losses then
     gives each copy exactly its own gradient. Gradients are taken with ``torch.autograd.grad``
     w.r.t. the copies only, so ``base`` and any parameter's ``.grad`` are left untouched. Grad mode
-    is enabled inside, so this also works under the caller's ``torch.no_grad()``. Adam is
-    elementwise, hence per-copy as well. Cost: ``steps`` forward+backward passes plus one forward
+    is enabled inside, so this also works under the caller's ``torch.no_grad()``. The step is
+    torch.optim's SGD or Adam on the [B, *S] tensor of copies: elementwise, hence per-copy as well
+    (and the gradient is of the *sum*, so each copy's step is what it would be alone). Cost: ``steps`` forward+backward passes plus one forward
     for the final losses (the "before" losses come from the first step's forward). With
     ``has_aux`` (as in ``torch.func.grad``) ``loss_fn`` returns ``(losses, aux)``, and the aux of
     that final forward (e.g. the logits of the over-fitted prompts) comes back as ``aux_after``.
@@ -72,26 +85,17 @@ def overfit_per_sample(
     with torch.enable_grad():
         p = base.detach().unsqueeze(0).repeat(batch_size, *([1] * base.dim()))
         p.requires_grad_(True)
-        m = v = None
+        optim = _optimizer(optimizer, p, lr, betas, eps)
         loss_before = None
-        for k in range(1, steps + 1):
+        for _ in range(steps):
             losses, _ = _per_sample(loss_fn, p, has_aux)
             if loss_before is None:
                 loss_before = losses.detach()
-            (g,) = torch.autograd.grad(losses.sum(), p)
-            with torch.no_grad():
-                if optimizer == "sgd":
-                    p.sub_(lr * g)
-                else:
-                    m = g * (1 - betas[0]) if m is None else m.lerp_(g, 1 - betas[0])
-                    v = (
-                        g.square() * (1 - betas[1])
-                        if v is None
-                        else v.lerp_(g.square(), 1 - betas[1])
-                    )
-                    m_hat = m / (1 - betas[0] ** k)
-                    v_hat = v / (1 - betas[1] ** k)
-                    p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+            (grad,) = torch.autograd.grad(losses.sum(), p)
+            # autograd.grad may return other strides than p's (e.g. through a bmm of a transpose),
+            # and fused Adam on the CPU then silently pairs the wrong elements: match p's layout
+            p.grad = grad.contiguous()
+            optim.step()
     with torch.no_grad():
         loss_after, aux_after = _per_sample(loss_fn, p, has_aux)
     loss_after = loss_after.detach()
