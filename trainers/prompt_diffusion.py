@@ -26,6 +26,7 @@ from promptdiff.diffusion import (
     SAMPLERS,
     SCHEDULES,
     TARGET_MODES,
+    OverfitResult,
     PromptDiffusion,
     overfit_per_sample,
     prompt_to_target,
@@ -282,7 +283,7 @@ class PromptDiffusionMixin:
             base = base.detach()
         return cond, base
 
-    def diffusion_target(self, fit, base: torch.Tensor) -> torch.Tensor:
+    def diffusion_target(self, fit: OverfitResult, base: torch.Tensor) -> torch.Tensor:
         """What the denoiser learns to generate: the over-fitted prompts in TRAINER.PD.TARGET form."""
         base = base.detach()
         return prompt_to_target(base.float() + fit.targets, base, self.cfg.TRAINER.PD.TARGET)
@@ -315,7 +316,7 @@ class PromptDiffusionMixin:
             self.update_lr("denoiser")
 
     # ---- per-sample over-fitting ------------------------------------------------------------------
-    def overfit(self, image, label, cond, base) -> tuple:
+    def overfit(self, image, label, cond, base) -> tuple[OverfitResult, float]:
         """Over-fit one copy of the prompt to each image: (OverfitResult of residuals, accuracy %
         of the over-fitted prompts on their own images)."""
         pd = self.cfg.TRAINER.PD
@@ -328,7 +329,7 @@ class PromptDiffusionMixin:
             logits = logits_fn(base + delta).float()
             return F.cross_entropy(logits, of_label, reduction="none"), logits
 
-        def run(lr: float):
+        def run(lr: float) -> tuple[OverfitResult, float]:
             zero = torch.zeros_like(base[0], dtype=torch.float32)
             fit = overfit_per_sample(
                 per_sample_ce,

@@ -47,7 +47,7 @@ def _optimizer(
 ) -> torch.optim.Optimizer:
     """torch.optim over the copies [B, *S]: SGD (no momentum) or Adam, both elementwise, so
     each copy's update depends on its own gradient only. Adam takes the fused kernel where there
-    is one (one pass over the tensor instead of about ten)."""
+    is one (one kernel per step instead of several small ones)."""
     if name == "sgd":
         return torch.optim.SGD([p], lr=lr)
     fused = True if p.device.type in ("cpu", "cuda") else None
