@@ -96,3 +96,48 @@ def test_bad_arguments_raise():
         overfit_per_sample(loss_fn, base, B, steps=-1, lr=1.0)
     with pytest.raises(ValueError, match="loss_fn"):
         overfit_per_sample(lambda p: loss_fn(p).mean(), base, B, steps=1, lr=1.0)
+
+
+def test_aux_is_what_loss_fn_returns_at_the_overfitted_prompts():
+    _, base, _, loss_fn = make_problem()
+
+    def with_aux(p):
+        return loss_fn(p), p.detach().flatten(1).sum(1)
+
+    plain = overfit_per_sample(loss_fn, base, B, steps=3, lr=0.1, optimizer="adam")
+    result = overfit_per_sample(with_aux, base, B, steps=3, lr=0.1, optimizer="adam", has_aux=True)
+    assert torch.equal(result.targets, plain.targets) and plain.aux_after is None
+    assert torch.equal(result.aux_after, result.targets.flatten(1).sum(1))
+    assert torch.equal(result.loss_after, loss_fn(result.targets).detach())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("layout", ["plain", "transposed"])
+def test_steps_equal_textbook_sgd_and_adam_on_each_copy(optimizer, layout):
+    """torch.optim on the [B, ...] copies = SGD / Adam (Kingma & Ba, bias-corrected) run by hand
+    on each copy's own loss: the loss is summed over copies, not averaged. `transposed` reads the
+    prompt through a permute, so autograd returns a gradient with other strides than the copies'."""
+    _, base, _, plain_loss = make_problem()
+
+    def loss_fn(p):
+        if layout == "plain":
+            return plain_loss(p)
+        return plain_loss(p.transpose(1, 2).reshape(len(p), -1).view(len(p), D, M).transpose(1, 2))
+
+    q = base.detach().expand(B, M, D).clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_fn(q).sum(), q)
+    assert g.is_contiguous() == (layout == "plain")
+    lr, steps, (b1, b2), eps = 0.05, 6, (0.9, 0.999), 1e-8
+    result = overfit_per_sample(loss_fn, base, B, steps=steps, lr=lr, optimizer=optimizer)
+    p = base.detach().expand(B, M, D).clone()
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for k in range(1, steps + 1):
+        q = p.clone().requires_grad_(True)
+        g = torch.stack([torch.autograd.grad(loss_fn(q)[i], q)[0][i] for i in range(B)])
+        if optimizer == "sgd":
+            p = p - lr * g
+        else:
+            m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+            p = p - lr * (m / (1 - b1**k)) / ((v / (1 - b2**k)).sqrt() + eps)
+    assert (p - base.detach()).abs().max() > 0.05  # the copies moved well beyond the tolerance
+    torch.testing.assert_close(result.targets, p, rtol=0, atol=1e-6)

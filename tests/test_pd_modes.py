@@ -1,15 +1,18 @@
-"""Stage-2 over-fitting calibration and its warning, and the TRAINER.PD.INFERENCE ablation modes."""
+"""Stage-2 over-fitting calibration and its warning, one stage-2 step against a plain
+recomputation, and the TRAINER.PD.INFERENCE ablation modes."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import train_args
 
-from promptdiff.diffusion import target_to_prompt
+from promptdiff.diffusion import overfit_per_sample, prompt_to_target, target_to_prompt
 from promptdiff.engine.config import ConfigError
 from train import build_parser, cli, setup_cfg
 
@@ -144,3 +147,58 @@ def test_inference_modes_differ_and_base_is_the_baseline(trained, tmp_path):
             hand.append(model.logits_for(batch["img"], cond, prompts))
     assert torch.equal(torch.cat(hand), logits["mean"])
     assert os.path.isdir(os.path.join(out, "denoiser"))
+
+
+def test_stage2_step_equals_a_plain_recomputation(shapes_root, tiny_weights, tmp_path):
+    """One seeded CoOpDiff stage-2 step, redone from the core's pieces on a copy of the denoiser:
+    over-fit each image's copy, diffuse the residual, DIFF_WEIGHT x diffusion + CE_WEIGHT x CE,
+    one AdamW step, one EMA update. Parameters, EMA, statistics and logged figures agree exactly."""
+    opts = ("TRAINER.PD.STAGE1_EPOCHS", "0", "TRAINER.PD.OVERFIT_LR", "0.01")
+    trainer = _build(_args(shapes_root, tiny_weights, tmp_path, *opts))
+    pd = trainer.cfg.TRAINER.PD
+    trainer.set_model_mode("train")
+    trainer.batch_idx, trainer.num_batches = 0, 2
+    batch = next(iter(trainer.train_loader_x))
+    diffusion = copy.deepcopy(trainer.diffusion)
+    start = {key: value.clone() for key, value in diffusion.state_dict().items()}
+    prompt_before = copy.deepcopy(trainer.model.prompt_learner.state_dict())
+    torch.manual_seed(7)
+    out = trainer.forward_backward(batch)
+
+    model, image, label = trainer.model, batch["img"], batch["label"]
+    optim = torch.optim.AdamW(diffusion.denoiser.parameters(), lr=pd.LR, weight_decay=0.0)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        cond = model.condition(image)
+    base = model.base_prompt(image, cond).detach()
+
+    def per_sample_ce(delta):
+        logits = model.logits_for(image, cond, base + delta).float()
+        return F.cross_entropy(logits, label, reduction="none")
+
+    fit = overfit_per_sample(
+        per_sample_ce, torch.zeros_like(base[0]), len(image), pd.OVERFIT_STEPS, 0.01, "adam"
+    )
+    diff, x0_hat = diffusion.training_loss(prompt_to_target(base + fit.targets, base), cond)
+    logits = model.logits_for(image, cond, target_to_prompt(x0_hat, base)).float()
+    ce = F.cross_entropy(logits, label)
+    loss = pd.DIFF_WEIGHT * diff + pd.CE_WEIGHT * ce
+    optim.zero_grad()
+    loss.backward()
+    optim.step()
+    diffusion.update_ema()
+
+    stepped = trainer.diffusion.state_dict()
+    for key, value in diffusion.state_dict().items():
+        assert torch.equal(stepped[key], value), key
+    moved = [key for key, value in stepped.items() if not torch.equal(value, start[key])]
+    assert any(k.startswith("denoiser.") for k in moved) and any(
+        k.startswith("ema.") for k in moved
+    )
+    assert "stats.mean" in moved
+    # stage 2 leaves the baseline's prompt alone (no UPDATE_BASE): unchanged, no gradient
+    for key, value in trainer.model.prompt_learner.state_dict().items():
+        assert torch.equal(value, prompt_before[key]), key
+    assert all(p.grad is None for p in trainer.model.prompt_learner.parameters())
+    assert out["loss"] == loss.item() and out["diff"] == diff.item() and out["ce"] == ce.item()
+    assert out["of_before"] == fit.mean_before and out["of_after"] == fit.mean_after

@@ -26,12 +26,13 @@ from promptdiff.diffusion import (
     SAMPLERS,
     SCHEDULES,
     TARGET_MODES,
+    OverfitResult,
     PromptDiffusion,
     overfit_per_sample,
     prompt_to_target,
     target_to_prompt,
 )
-from promptdiff.engine import distributed
+from promptdiff.engine import count_num_param, distributed
 from promptdiff.host import log
 from trainers.base import accuracy
 from trainers.overfit_classes import overfit_loss_classes
@@ -204,7 +205,7 @@ class PromptDiffusionMixin:
             ema_decay=pd.EMA,
             use_ema=pd.EMA > 0,
         ).to(self.device)
-        n_params = sum(p.numel() for p in self.diffusion.denoiser.parameters())
+        n_params = count_num_param(self.diffusion.denoiser)
         log(
             f"Prompt diffusion over {tuple(probe.shape[1:])} prompts; denoiser: {n_params:,} params"
         )
@@ -253,68 +254,93 @@ class PromptDiffusionMixin:
     def forward_backward(self, batch) -> dict:
         if not self.in_stage2:
             return super().forward_backward(batch)
-        pd = self.cfg.TRAINER.PD
         image, label = self.parse_batch_train(batch)
-        model = self.model
         with self.autocast():
-            with torch.no_grad():
-                cond = model.condition(image)
-            base = model.base_prompt(image, cond)
-            if not pd.UPDATE_BASE:
-                base = base.detach()
+            cond, base = self.condition_and_base(image)
             fit, fit_acc = self.overfit(image, label, cond, base.detach())
-            target = prompt_to_target(base.detach().float() + fit.targets, base.detach(), pd.TARGET)
+            target = self.diffusion_target(fit, base)
             diff_loss, x0_hat = self.diffusion.training_loss(target, cond)
-            loss = pd.DIFF_WEIGHT * diff_loss
-            summary = {}
-            if pd.CE_WEIGHT > 0:
-                prompts = target_to_prompt(x0_hat, base, pd.TARGET)
-                logits = model.logits_for(image, cond, prompts).float()
-                ce = F.cross_entropy(logits, label)
-                loss = loss + pd.CE_WEIGHT * ce
-                summary = {"ce": ce.item(), "acc": accuracy(logits, label)}
-        self.check_losses(overfit=fit.targets, diff=diff_loss, ce=summary.get("ce"))
-        names = ["denoiser", "prompt_learner"] if pd.UPDATE_BASE else ["denoiser"]
-        self.model_backward_and_update(loss, names)
-        if not pd.UPDATE_BASE:
-            # the CE through the generated prompt also reaches baseline tensors that stage 2 never
-            # steps (MaPLe's couplings, VPT's non-diffused layers); drop those gradients
-            self.model.prompt_learner.zero_grad(set_to_none=True)
-        self.diffusion.update_ema()
+            loss, ce_terms = self.stage2_loss(image, label, cond, base, diff_loss, x0_hat)
+        self.check_losses(overfit=fit.targets, diff=diff_loss, ce=ce_terms.get("ce"))
+        self.stage2_step(loss)
         self.overfit_stats.add(fit, fit_acc, base.detach())
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr("denoiser")
         return {
             "loss": loss.item(),
             "diff": diff_loss.item(),
-            **summary,
+            **ce_terms,
             "of_before": fit.mean_before,
             "of_after": fit.mean_after,
             "of_acc": fit_acc,
         }
 
+    def condition_and_base(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt-free image feature [B, E], base prompt [B, *S]); the base prompt carries
+        gradients only with TRAINER.PD.UPDATE_BASE."""
+        with torch.no_grad():
+            cond = self.model.condition(image)
+        base = self.model.base_prompt(image, cond)
+        if not self.cfg.TRAINER.PD.UPDATE_BASE:
+            base = base.detach()
+        return cond, base
+
+    def diffusion_target(self, fit: OverfitResult, base: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to generate: the over-fitted prompts in TRAINER.PD.TARGET form."""
+        base = base.detach()
+        return prompt_to_target(base.float() + fit.targets, base, self.cfg.TRAINER.PD.TARGET)
+
+    def stage2_loss(self, image, label, cond, base, diff_loss, x0_hat) -> tuple[torch.Tensor, dict]:
+        """(DIFF_WEIGHT x diffusion loss + CE_WEIGHT x cross-entropy of the prompts from the
+        denoiser's one-step estimate, the cross-entropy and accuracy to log)."""
+        pd = self.cfg.TRAINER.PD
+        loss = pd.DIFF_WEIGHT * diff_loss
+        if pd.CE_WEIGHT <= 0:
+            return loss, {}
+        prompts = target_to_prompt(x0_hat, base, pd.TARGET)
+        logits = self.model.logits_for(image, cond, prompts).float()
+        ce = F.cross_entropy(logits, label)
+        return loss + pd.CE_WEIGHT * ce, {"ce": ce.item(), "acc": accuracy(logits, label)}
+
+    def stage2_step(self, loss: torch.Tensor) -> None:
+        """Step the denoiser (and the baseline's prompt with UPDATE_BASE), then its EMA; the
+        denoiser's learning rate follows its schedule once per epoch."""
+        update_base = self.cfg.TRAINER.PD.UPDATE_BASE
+        self.model_backward_and_update(
+            loss, ["denoiser", "prompt_learner"] if update_base else ["denoiser"]
+        )
+        if not update_base:
+            # the CE through the generated prompt also reaches baseline tensors that stage 2 never
+            # steps (MaPLe's couplings, VPT's non-diffused layers); drop those gradients
+            self.model.prompt_learner.zero_grad(set_to_none=True)
+        self.diffusion.update_ema()
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr("denoiser")
+
     # ---- per-sample over-fitting ------------------------------------------------------------------
-    def overfit(self, image, label, cond, base) -> tuple:
+    def overfit(self, image, label, cond, base) -> tuple[OverfitResult, float]:
         """Over-fit one copy of the prompt to each image: (OverfitResult of residuals, accuracy %
         of the over-fitted prompts on their own images)."""
         pd = self.cfg.TRAINER.PD
-        last = {}
         # TRAINER.PD.OVERFIT_CLASSES: all classes, or the true class + the hardest under `base`
         logits_fn, of_label = overfit_loss_classes(
             self.model, image, cond, base, label, self.num_classes, pd.OVERFIT_CLASSES
         )
 
-        def per_sample_ce(delta: torch.Tensor) -> torch.Tensor:
+        def per_sample_ce(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = logits_fn(base + delta).float()
-            last["logits"] = logits
-            return F.cross_entropy(logits, of_label, reduction="none")
+            return F.cross_entropy(logits, of_label, reduction="none"), logits
 
-        def run(lr: float):
+        def run(lr: float) -> tuple[OverfitResult, float]:
             zero = torch.zeros_like(base[0], dtype=torch.float32)
             fit = overfit_per_sample(
-                per_sample_ce, zero, image.shape[0], pd.OVERFIT_STEPS, lr, pd.OVERFIT_OPTIM
+                per_sample_ce,
+                zero,
+                image.shape[0],
+                pd.OVERFIT_STEPS,
+                lr,
+                pd.OVERFIT_OPTIM,
+                has_aux=True,
             )
-            return fit, accuracy(last["logits"], of_label)
+            return fit, accuracy(fit.aux_after, of_label)
 
         return run(self.overfit_lr(run, base))
 

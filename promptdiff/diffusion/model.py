@@ -54,8 +54,6 @@ class PromptDiffusion(nn.Module):
         dropout: float = 0.0,
         ema_decay: float = 0.999,
         use_ema: bool = True,
-        stats_momentum: float | None = None,
-        freeze_stats: bool = False,
     ):
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -79,7 +77,7 @@ class PromptDiffusion(nn.Module):
         self.ema_decay = ema_decay
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval() if use_ema else None
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-        self.stats = RunningStandardizer(self.prompt_shape, stats_momentum, freeze_stats)
+        self.stats = RunningStandardizer(self.prompt_shape)
         # the per-sample over-fitting step size once calibrated (0: not yet), saved with the rest
         self.register_buffer("overfit_lr", torch.zeros((), dtype=torch.float64))
 
