@@ -331,6 +331,7 @@ def test_table_tool_reads_the_scripts_outputs(setup, trained):
     proc = subprocess.run(
         [sys.executable, "tools/results_table.py", "--root", str(trained), "--protocol",
          "base2new", "--shots", "2", "--trainers", "CoOp", "--format", "csv"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's promptdiff
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     rows = {line.split(",")[1]: line.split(",") for line in proc.stdout.splitlines()[1:]}

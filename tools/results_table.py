@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from promptdiff.fileio import WriteError, atomic_write
 from promptdiff.results.record import ResultsError
 from promptdiff.results.tables import (
     FORMATS,
@@ -37,9 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--trainers", type=comma_list, help="e.g. CoOp,CoOpDiff or CoOp/vit_b16_ep50"
     )
-    parser.add_argument(
-        "--datasets", type=comma_list, help="e.g. caltech101,dtd (xd/dg: targets)"
-    )
+    parser.add_argument("--datasets", type=comma_list, help="e.g. caltech101,dtd (xd/dg: targets)")
     parser.add_argument(
         "--source", default=XD_SOURCE, help="xd/dg: the dataset trained on (default imagenet)"
     )
@@ -67,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         tables = build_tables(args.root, args.protocol, sel)
         text = render(tables, args.format, args.std)
         if args.out:
-            # the engine's writer loads torch on import: only when there is a file to write
-            from promptdiff.engine.utils import atomic_write
-
             atomic_write(args.out, lambda f: f.write(text))
             print(f"wrote {args.out}", file=sys.stderr)
         else:
@@ -79,11 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             for table in tables:
                 for note in table.notes:
                     print(f"note ({table.shots} shots): {note}", file=sys.stderr)
-    except ResultsError as exc:
+    except (ResultsError, WriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except WriteError as exc:
-        print(f"error: {exc.cause.strerror if exc.cause else exc}: cannot write {args.out}; choose another --out", file=sys.stderr)
         return 1
     return 0
 
