@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promptdiff.results import plots, record
+from promptdiff.results import layout, plots, record
 from promptdiff.results import tables as rt
 from tools import parse_test_res, results_table
 
@@ -472,3 +472,76 @@ def test_harmonic_mean_edge_cases() -> None:
     assert rt.harmonic_mean(None, 50.0) is None
     assert rt.harmonic_mean(0.0, 0.0) == 0.0
     assert math.isclose(rt.harmonic_mean(100.0, 50.0), 200 / 3)
+
+
+# ----------------------------------------------------------------------------- layout and record
+
+
+def _checkpoint(run: Path, model: str, name: str) -> None:
+    (run / model).mkdir(parents=True, exist_ok=True)
+    (run / model / name).write_bytes(b"weights")
+    (run / model / "checkpoint").write_text(f"{name}\n")
+
+
+def test_run_status_from_records_manifest_results_and_logs(tmp_path: Path) -> None:
+    run = tmp_path / "seed1"
+    run.mkdir()
+    assert layout.run_status(str(run)) == layout.RunStatus(None, False)
+    _checkpoint(run, "prompt_learner", "model.pth.tar-3")
+    _checkpoint(run, "diffusion", "model.pth.tar-3")
+    (run / "log.txt").write_text("epoch [3/5] batch [1/1]\n")
+    assert layout.run_status(str(run)) == layout.RunStatus(3, False)
+    (run / "log.txt-2024-01-02-03-04-05").write_text("Finished training\n")  # older wording
+    assert layout.run_status(str(run)).line() == "3 finished"
+    # a record naming a file that is not there is no checkpoint; records that disagree are damage
+    (run / "diffusion" / "checkpoint").write_text("model.pth.tar-9\n")
+    assert layout.run_status(str(run)).epoch == 3
+    _checkpoint(run, "diffusion", "model.pth.tar-4")
+    with pytest.raises(layout.RunDamaged, match=f"{run}.*model.pth.tar-4"):
+        layout.run_status(str(run))
+    # the manifest, written after every model's file, decides over the per-model records
+    (run / layout.MANIFEST).write_text(json.dumps({"last": "model-best.pth.tar", "units": {}}))
+    assert layout.run_status(str(run)).epoch == "best"
+    (run / layout.MANIFEST).write_text(json.dumps({"last": None, "units": {}}))
+    (run / "log.txt-2024-01-02-03-04-05").unlink()
+    assert layout.run_status(str(run)) == layout.RunStatus(None, False)
+    write_json(run, 50.0)
+    assert layout.run_status(str(run)).finished
+
+
+def test_status_cli_prints_one_line_or_one_error(tmp_path: Path) -> None:
+    run = tmp_path / "seed1"
+    _checkpoint(run, "prompt_learner", "model.pth.tar-2")
+    cmd = [sys.executable, "-m", "promptdiff.results", "status", str(run)]
+    proc = subprocess.run(cmd, cwd=REPO, env=checkout_env(), capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (0, "2 unfinished\n")
+    (run / layout.MANIFEST).write_text("{not json")
+    proc = subprocess.run(cmd, cwd=REPO, env=checkout_env(), capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(run / layout.MANIFEST) in proc.stderr
+
+
+def test_record_schema_separates_metrics_from_run_fields() -> None:
+    measured = {"accuracy": 81.25, "error": 18.75, "macro_f1": 80.0, "total": 16, "correct": 13}
+    made = record.make_record(
+        {**measured, "perclass_accuracy": 79.0}, "test", seed=2, num_shots=16, epoch=5
+    )
+    assert list(made)[: len(record.METRICS)] == list(record.METRICS)
+    assert "perclass_accuracy" not in made  # the schema, not whatever the evaluator returned
+    metrics, meta = record.split_record(json.loads(json.dumps(made)))
+    assert metrics == {k: float(v) for k, v in measured.items()}
+    assert meta == {"split": "test", "seed": 2, "num_shots": 16, "epoch": 5}
+
+
+def test_trainer_order_pairs_each_method_with_its_diff_variant() -> None:
+    import trainers  # noqa: F401  (registers the trainers)
+    from promptdiff.host import TRAINER_REGISTRY
+
+    names = TRAINER_REGISTRY.registered_names()
+    ordered = rt.order_trainers([*names, "FooDiff", "Foo"])
+    assert ordered[0] == "ZeroshotCLIP" and ordered[-2:] == ["Foo", "FooDiff"]
+    for name in names:
+        if name.endswith("Diff"):
+            assert ordered.index(name) == ordered.index(name[: -len("Diff")]) + 1
+    listed = [n for n in ordered if n in rt.METHOD_ORDER]  # the papers' order
+    assert listed == [m for m in rt.METHOD_ORDER if m in names]
