@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from promptdiff.results import layout, plots, record
+from promptdiff.results import summary as seeds_summary
 from promptdiff.results import tables as rt
 from tools import parse_test_res, results_table
 
@@ -81,7 +82,7 @@ def run_tool(name: str, *args: str) -> subprocess.CompletedProcess:
 def test_parse_mean_std_match_numpy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     values = [91.2, 89.7, 92.45]
     fill_seeds(tmp_path, values)
-    summary = parse_test_res.summarise_directory(tmp_path)
+    summary = seeds_summary.summarise_directory(tmp_path)
     acc = summary.metrics[0]
     assert acc.name == "accuracy" and acc.n == 3
     assert acc.mean == pytest.approx(np.mean(values))
@@ -97,7 +98,7 @@ def test_parse_ci95(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     values = [70.0, 74.0, 71.5, 73.25]
     fill_seeds(tmp_path, values)
     expected = 1.96 * np.std(values) / np.sqrt(len(values))
-    summary = parse_test_res.summarise_directory(tmp_path, ci95=True)
+    summary = seeds_summary.summarise_directory(tmp_path, ci95=True)
     assert summary.metrics[0].spread == pytest.approx(expected)
     assert parse_test_res.main([str(tmp_path), "--ci95"]) == 0
     assert f"* accuracy: {np.mean(values):.2f}% +- {expected:.2f}%" in capsys.readouterr().out
@@ -105,7 +106,7 @@ def test_parse_ci95(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_keyword_orders_and_selects_metric(tmp_path: Path) -> None:
     fill_seeds(tmp_path, [80.0, 90.0])
-    summary = parse_test_res.summarise_directory(tmp_path, keyword="macro_f1")
+    summary = seeds_summary.summarise_directory(tmp_path, keyword="macro_f1")
     assert summary.metrics[0].name == "macro_f1"
     assert summary.metrics[0].mean == pytest.approx(84.0)
 
