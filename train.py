@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from promptdiff.results.layout import RESULTS_FILE
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -127,7 +129,7 @@ def same_run(cfg) -> int:
     """--same-run: compare OUTPUT_DIR/results.json's recorded run config with `cfg`."""
     from promptdiff.engine.runinfo import differences, run_config, summarize
 
-    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    path = os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE)
     try:
         with open(path) as f:
             saved = json.load(f).get("run_config")
@@ -230,7 +232,7 @@ def run(cfg, args) -> None:
         log("Collecting env info ...")
         log(f"** System info **\n{collect_env_info()}\n")
 
-    results = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    results = os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE)
     before = os.path.getmtime(results) if os.path.isfile(results) else None
     trainer = build_trainer(cfg)
     if args.eval_only:
@@ -260,7 +262,7 @@ def run_summary(cfg, args, results_mtime: float | None) -> str:
         f"{cfg.TRAINER.NAME} {cfg.DATASET.NAME} {cfg.DATASET.SUBSAMPLE_CLASSES} "
         f"shots {cfg.DATASET.NUM_SHOTS} seed {cfg.SEED} {what}"
     )
-    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    path = os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE)
     result = "no test result"
     # a results.json this run did not rewrite belongs to an earlier run
     if os.path.isfile(path) and os.path.getmtime(path) != results_mtime:

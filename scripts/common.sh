@@ -25,9 +25,6 @@ set -euo pipefail
 
 PD_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PD_SELF=${0}
-PD_BASE2NEW_DATASETS=(imagenet caltech101 oxford_pets stanford_cars oxford_flowers food101
-    fgvc_aircraft sun397 dtd eurosat ucf101)
-PD_DG_TARGETS=(imagenetv2 imagenet_sketch imagenet_a imagenet_r)
 
 pd_die() {
     echo "error: $*" >&2
@@ -65,6 +62,13 @@ pd_check_dataset() {  # pd_check_dataset NAME: configs/datasets/NAME.yaml must e
     fi
 }
 
+pd_default_python() {  # PYTHON, unless set: the project's own venv when it exists, else python
+    if [[ -z ${PYTHON:-} ]]; then
+        # the project's own venv (tools/setup_env.sh) when it exists, as the README sets it up
+        if [[ -x $PD_REPO/.venv/bin/python ]]; then PYTHON=$PD_REPO/.venv/bin/python; else PYTHON=python; fi
+    fi
+}
+
 # Everything the environment decides; sets PD_CFG, PD_CFG_FILE, PD_EXTRA and checks DATA/PYTHON.
 pd_setup() {
     : "${TRAINER:?scripts/common.sh: the sourcing script must set TRAINER}"
@@ -73,10 +77,7 @@ pd_setup() {
     DATA=${DATA:-./data}
     OUTPUT=${OUTPUT:-./output}
     SHOTS=${SHOTS:-16}
-    if [[ -z ${PYTHON:-} ]]; then
-        # the project's own venv (tools/setup_env.sh) when it exists, as the README sets it up
-        if [[ -x $PD_REPO/.venv/bin/python ]]; then PYTHON=$PD_REPO/.venv/bin/python; else PYTHON=python; fi
-    fi
+    pd_default_python
     XD_SOURCE=${XD_SOURCE:-imagenet}
     NGPU=${NGPU:-1}
     pd_check_int SHOTS "$SHOTS"
@@ -115,44 +116,33 @@ pd_run_dir() {  # pd_run_dir PROTOCOL_PATH DATASET SHOTS SEED
     echo "$OUTPUT/$1/$2/shots_$3/$TRAINER/$PD_CFG/seed$4"
 }
 
-# The checkpoint a run left: the last complete one named in <dir>/checkpoints.json, or (runs
-# written before that manifest) from <dir>/<model>/checkpoint of every model. Sets PD_EPOCH to the
-# epoch, or to "best" for model-best.pth.tar; returns 1 when there is none.
-pd_last_epoch() {
-    local record name first=""
-    PD_EPOCH=""
-    if [[ -f $1/checkpoints.json ]]; then
-        first=$(sed -n 's/^ *"last": "\([^"]*\)".*/\1/p' "$1/checkpoints.json")
-    else
-        for record in "$1"/*/checkpoint; do
-            [[ -f $record ]] || continue
-            name=$(head -n 1 "$record")
-            [[ -n $name && -f $(dirname "$record")/$name ]] || continue
-            if [[ -z $first ]]; then
-                first=$name
-            elif [[ $name != "$first" ]]; then
-                pd_die "the models in $1 record different checkpoints ($first, $name); the run is damaged: delete it and train again"
-            fi
-        done
-    fi
-    case $first in
-        model.pth.tar-*) PD_EPOCH=${first#model.pth.tar-} ;;
-        model-best.pth.tar) PD_EPOCH=best ;;
-        *) return 1 ;;
-    esac
+# The status of the run folder DIR, from the results library that owns the run-folder layout
+# (promptdiff/results/layout.py): sets PD_EPOCH to the epoch of its last complete checkpoint
+# ("best" for model-best.pth.tar, empty for none) and PD_FINISHED to 1 when training finished
+# (results.json, or a log says so), else 0. A damaged run is one error line and exit 1.
+pd_status() {  # pd_status DIR
+    local line epoch finished
+    line=$(pd_results status "$1") || exit 1
+    read -r epoch finished <<<"$line"
+    PD_EPOCH=$epoch
+    [[ $epoch == none ]] && PD_EPOCH=""
+    PD_FINISHED=0
+    [[ $finished == finished ]] && PD_FINISHED=1
+    return 0
 }
 
-# Training finished when the final test wrote results.json, or (TEST.NO_TEST) a log says so.
-pd_finished_training() {
-    [[ -f $1/results.json ]] || grep -qs "Finish training" "$1"/log.txt*
+# python -m promptdiff.results ARGS, with this checkout's library (the one train.py uses)
+pd_results() {
+    PYTHONPATH="$PD_REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m promptdiff.results "$@"
 }
 
 # Model flags for an evaluation of the run in TRAIN_DIR; TRAIN_CMD is what produces it.
 pd_model_flags() {  # pd_model_flags TRAIN_DIR TRAIN_CMD -> sets PD_MODEL_FLAGS
-    if ! pd_last_epoch "$1"; then
+    pd_status "$1"
+    if [[ -z $PD_EPOCH ]]; then
         pd_die "no trained model in $1 (no checkpoint); run '$2' first"
     fi
-    if ! pd_finished_training "$1"; then
+    if [[ $PD_FINISHED != 1 ]]; then
         pd_die "training in $1 is unfinished (last checkpoint: epoch $PD_EPOCH); run '$2' again to resume it first"
     fi
     PD_MODEL_FLAGS=(--model-dir "$1")
@@ -198,7 +188,8 @@ pd_launch() {
         echo
         return 0
     fi
-    if pd_last_epoch "$out"; then
+    pd_status "$out"
+    if [[ -n $PD_EPOCH ]]; then
         echo "Resuming the unfinished run in $out (checkpoint found, no results.json)"
     else
         echo "Run this job and save the output to $out"
@@ -323,16 +314,22 @@ pd_run_all() {  # pd_run_all base2new|xd TRAINER [SEED ...]
         pd_check_int SEED "$seed"
     done
     # the datasets to evaluate; zero-shot xd also evaluates the source (the tables' Source column)
-    local source=${XD_SOURCE:-imagenet} datasets=() d
+    # (the protocols' dataset lists, in the papers' order, are the results library's)
+    local source=${XD_SOURCE:-imagenet} datasets=() listed=() d
     if [[ -n ${DATASETS:-} ]]; then
         read -r -a datasets <<<"$DATASETS"
-    elif [[ $protocol == base2new ]]; then
-        datasets=("${PD_BASE2NEW_DATASETS[@]}")
     else
-        [[ -f $here/$trainer/xd_train.sh ]] || datasets=("$source")
-        for d in "${PD_BASE2NEW_DATASETS[@]}" "${PD_DG_TARGETS[@]}"; do
-            [[ $d == "$source" ]] || datasets+=("$d")
-        done
+        pd_default_python
+        read -r -a listed <<<"$(pd_results datasets "$protocol")"
+        [[ ${#listed[@]} -gt 0 ]] || pd_die "cannot list the $protocol datasets with PYTHON=$PYTHON; set PYTHON to the project's interpreter or DATASETS to the datasets to run"
+        if [[ $protocol == base2new ]]; then
+            datasets=("${listed[@]}")
+        else
+            [[ -f $here/$trainer/xd_train.sh ]] || datasets=("$source")
+            for d in "${listed[@]}"; do
+                [[ $d == "$source" ]] || datasets+=("$d")
+            done
+        fi
     fi
     local failed=()
     _pd_step() {  # _pd_step SCRIPT ARGS...: run one script, remember a failure

@@ -279,21 +279,22 @@ def test_every_trainer_config_merges_onto_the_defaults():
 def _b2n(root: Path):
     from test_results_tools import base2new_tree
 
-    from tools import plot_base2new, results_table
+    from promptdiff.results import plots, tables
 
     base2new_tree(root)
-    [res] = results_table.base2new_results(root)
-    return res, plot_base2new
+    [res] = tables.base2new_results(root)
+    return res, plots
 
 
 def test_results_table_latex(tmp_path, capsys):
     import numpy as np
     from test_results_tools import base2new_tree
 
+    from promptdiff.results import tables
     from tools import results_table
 
     base2new_tree(tmp_path)
-    tex = results_table.render(results_table.build_tables(tmp_path, "base2new"), "latex", True)
+    tex = tables.render(tables.build_tables(tmp_path, "base2new"), "latex", True)
     lines = tex.splitlines()
     sd = np.std([80, 82, 84])  # seeds of CoOp's caltech101 Base (New: 70, 72, 74, same std)
     hm = 2 * 82 * 72 / (82 + 72)
@@ -306,11 +307,11 @@ def test_results_table_latex(tmp_path, capsys):
         lines[lines.index(next(x for x in lines if x.startswith("Average &"))) - 1] == "\\midrule"
     )
     assert "\\begin{tabular}{lrrrrrr}" in lines and "(\\%)}" in tex  # '%' escaped in the caption
-    assert results_table.latex_escape("oxford_pets & 50%") == "oxford\\_pets \\& 50\\%"
+    assert tables.latex_escape("oxford_pets & 50%") == "oxford\\_pets \\& 50\\%"
     assert results_table.main(["--root", str(tmp_path), "--protocol", "base2new", "--format",
                                "latex"]) == 0  # fmt: skip
-    assert capsys.readouterr().out == results_table.render(
-        results_table.build_tables(tmp_path, "base2new"), "latex"
+    assert capsys.readouterr().out == tables.render(
+        tables.build_tables(tmp_path, "base2new"), "latex"
     )
 
 
@@ -355,6 +356,7 @@ def test_plot_base2new_error_bars_labels_axes_and_dpi(tmp_path):
 def test_plot_few_shot_curves(tmp_path, capsys):
     from test_results_tools import cfg_dir, fill_seeds
 
+    from promptdiff.results import plots
     from tools import plot_few_shot
 
     for shots, values in ((1, [50.0, 54.0]), (4, [60.0, 60.0]), (16, [80.0, 82.0])):
@@ -363,7 +365,7 @@ def test_plot_few_shot_curves(tmp_path, capsys):
             cfg_dir(tmp_path, "few_shot", "eurosat", "CoOp", shots=shots), [v + 10 for v in values]
         )
     fill_seeds(cfg_dir(tmp_path, "few_shot", "dtd", "CoOpDiff", shots=16), [90.0])
-    curves = plot_few_shot.few_shot_curves(tmp_path)
+    curves = plots.few_shot_curves(tmp_path)
     assert curves["dtd"]["CoOp"] == [(1, 52.0, 2.0), (4, 60.0, 0.0), (16, 81.0, 1.0)]
     assert curves["dtd"]["CoOpDiff"] == [(16, 90.0, 0.0)]
     assert [p[:2] for p in curves["Average"]["CoOp"]] == [(1, 57.0), (4, 65.0), (16, 86.0)]

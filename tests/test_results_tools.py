@@ -1,4 +1,5 @@
-"""Tests for tools/parse_test_res.py, tools/results_table.py and tools/plot_base2new.py on fake output trees."""
+"""Tests for the results library (promptdiff.results) and its CLIs tools/parse_test_res.py,
+tools/results_table.py and tools/plot_base2new.py on fake output trees."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from promptdiff.results import layout, plots, record
+from promptdiff.results import summary as seeds_summary
+from promptdiff.results import tables as rt
+from tools import parse_test_res, results_table
 
-from tools import parse_test_res, results_io, results_table  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 B2N = "base2new"
 
@@ -54,11 +57,19 @@ def fill_seeds(folder: Path, values: list[float], **extra: object) -> None:
         write_json(folder / f"seed{seed}", value, seed=seed, **extra)
 
 
+def checkout_env() -> dict[str, str]:
+    """os.environ with this checkout first on PYTHONPATH."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 def run_tool(name: str, *args: str) -> subprocess.CompletedProcess:
-    """Run a tool the documented way: `python tools/<name>.py` from the repo root."""
+    """Run a tool the documented way: `python tools/<name>.py` from the repo root, with this
+    checkout's promptdiff (an installed one may be another checkout's)."""
     return subprocess.run(
         [sys.executable, f"tools/{name}.py", *args],
         cwd=REPO,
+        env=checkout_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -71,7 +82,7 @@ def run_tool(name: str, *args: str) -> subprocess.CompletedProcess:
 def test_parse_mean_std_match_numpy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     values = [91.2, 89.7, 92.45]
     fill_seeds(tmp_path, values)
-    summary = parse_test_res.summarise_directory(tmp_path)
+    summary = seeds_summary.summarise_directory(tmp_path)
     acc = summary.metrics[0]
     assert acc.name == "accuracy" and acc.n == 3
     assert acc.mean == pytest.approx(np.mean(values))
@@ -87,7 +98,7 @@ def test_parse_ci95(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     values = [70.0, 74.0, 71.5, 73.25]
     fill_seeds(tmp_path, values)
     expected = 1.96 * np.std(values) / np.sqrt(len(values))
-    summary = parse_test_res.summarise_directory(tmp_path, ci95=True)
+    summary = seeds_summary.summarise_directory(tmp_path, ci95=True)
     assert summary.metrics[0].spread == pytest.approx(expected)
     assert parse_test_res.main([str(tmp_path), "--ci95"]) == 0
     assert f"* accuracy: {np.mean(values):.2f}% +- {expected:.2f}%" in capsys.readouterr().out
@@ -95,7 +106,7 @@ def test_parse_ci95(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_keyword_orders_and_selects_metric(tmp_path: Path) -> None:
     fill_seeds(tmp_path, [80.0, 90.0])
-    summary = parse_test_res.summarise_directory(tmp_path, keyword="macro_f1")
+    summary = seeds_summary.summarise_directory(tmp_path, keyword="macro_f1")
     assert summary.metrics[0].name == "macro_f1"
     assert summary.metrics[0].mean == pytest.approx(84.0)
 
@@ -113,7 +124,7 @@ def test_log_fallback_reads_last_test_block_with_thousands(tmp_path: Path) -> No
         + "Elapsed: 0:10:00\n"
     )
     (run / "log.txt").write_text(log)
-    result = results_io.read_run(run)
+    result = record.read_run(run)
     assert result is not None and result.source == run / "log.txt"
     assert result.metrics["total"] == 12345
     assert result.metrics["correct"] == 11234
@@ -128,13 +139,13 @@ def test_log_ignores_validation_blocks_and_prefers_newest_log(tmp_path: Path) ->
     (run / "log.txt").write_text(
         "Evaluate on the *val* set\n" + result_block("50", "40", 80.0, 79.0)
     )
-    assert results_io.read_run(run) is None
+    assert record.read_run(run) is None
     # The resumed run writes log.txt-<time> (Dassl keeps the old log) and finishes.
     (run / "log.txt-2024-01-02-03-04-05").write_text(
         "Finished training\nEvaluate on the *test* set\n"
         + result_block("2,000", "1,700", 85.0, 84.0)
     )
-    result = results_io.read_run(run)
+    result = record.read_run(run)
     assert result is not None and result.metrics["accuracy"] == pytest.approx(85.0)
     assert result.source.name == "log.txt-2024-01-02-03-04-05"
 
@@ -148,12 +159,12 @@ def test_test_log_and_json_precedence(tmp_path: Path) -> None:
         + result_block("100", "65", 65.0, 64.0)
     )
     for flag in (False, True):
-        got = results_io.read_run(eval_only, test_log=flag)
+        got = record.read_run(eval_only, test_log=flag)
         assert got is not None and got.metrics["accuracy"] == pytest.approx(65.0)
     both = tmp_path / "seed2"
     write_json(both, 71.234)
     (both / "log.txt").write_text(result_block("100", "71", 71.2, 70.0))
-    got = results_io.read_run(both)
+    got = record.read_run(both)
     assert got is not None and got.source.name == "results.json"
     assert got.metrics["accuracy"] == pytest.approx(71.234)
 
@@ -234,7 +245,7 @@ def hm(b: float, n: float) -> float:
 
 def test_base2new_hm_and_average(tmp_path: Path) -> None:
     base2new_tree(tmp_path)
-    [res] = results_table.base2new_results(tmp_path)
+    [res] = rt.base2new_results(tmp_path)
     assert res.columns == ["CoOp", "CoOpDiff"] and res.datasets == ["caltech101", "dtd"]
     cal = res.entries[("caltech101", "CoOp")]
     assert cal.base.mean == pytest.approx(82) and cal.new.mean == pytest.approx(72)
@@ -259,8 +270,8 @@ def test_base2new_hm_and_average(tmp_path: Path) -> None:
 
 def test_base2new_markdown_and_csv_contain_values(tmp_path: Path) -> None:
     base2new_tree(tmp_path)
-    tables = results_table.build_tables(tmp_path, "base2new")
-    md = results_table.render(tables, "markdown")
+    tables = rt.build_tables(tmp_path, "base2new")
+    md = rt.render(tables, "markdown")
     row = next(line for line in md.splitlines() if line.startswith("| caltech101"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells == [
@@ -281,7 +292,7 @@ def test_base2new_markdown_and_csv_contain_values(tmp_path: Path) -> None:
         "CoOp HM",
     ]
     assert "1 of 2 datasets" in md
-    rows = list(csv.reader(io.StringIO(results_table.render(tables, "csv", show_std=True))))
+    rows = list(csv.reader(io.StringIO(rt.render(tables, "csv", show_std=True))))
     assert rows[0][:5] == ["shots", "Dataset", "CoOp Base", "CoOp Base std", "CoOp New"]
     average = rows[-1]
     assert average[:2] == ["16", "Average"]
@@ -290,7 +301,7 @@ def test_base2new_markdown_and_csv_contain_values(tmp_path: Path) -> None:
     caltech = rows[1]
     assert caltech[3] == f"{np.std([80, 82, 84]):.2f}"
     assert rows[2][7:] == ["", "", "", "", ""]  # CoOpDiff on dtd: empty cells, not "-"
-    terminal = results_table.render(tables, "terminal", show_std=True)
+    terminal = rt.render(tables, "terminal", show_std=True)
     assert "82.00 ± 1.63" in terminal
 
 
@@ -299,11 +310,11 @@ def test_trainer_with_two_cfgs_gets_cfg_columns(tmp_path: Path) -> None:
         fill_seeds(cfg_dir(tmp_path, f"{B2N}/train_base", "dtd", "CoOp", cfg), [base])
         fill_seeds(cfg_dir(tmp_path, f"{B2N}/test_new", "dtd", "CoOp", cfg), [new])
     fill_seeds(cfg_dir(tmp_path, f"{B2N}/train_base", "dtd", "MaPLe", "c2"), [85])
-    [res] = results_table.base2new_results(tmp_path)
+    [res] = rt.base2new_results(tmp_path)
     assert res.columns == ["CoOp/ep10", "CoOp/ep50", "MaPLe"]
     assert res.entries[("dtd", "CoOp/ep10")].hm == pytest.approx(hm(70, 65))
-    sel = results_table.Selection(trainers=["CoOp/ep50"])
-    [only] = results_table.base2new_results(tmp_path, sel)
+    sel = rt.Selection(trainers=["CoOp/ep50"])
+    [only] = rt.base2new_results(tmp_path, sel)
     assert only.columns == ["CoOp"] and only.average["CoOp"].hm == pytest.approx(hm(80, 60))
 
 
@@ -312,7 +323,7 @@ def test_subsample_mismatch_is_reported(tmp_path: Path) -> None:
         cfg_dir(tmp_path, f"{B2N}/train_base", "dtd", "CoOp"), [80], subsample_classes="base"
     )
     fill_seeds(cfg_dir(tmp_path, f"{B2N}/test_new", "dtd", "CoOp"), [80], subsample_classes="base")
-    [res] = results_table.base2new_results(tmp_path)
+    [res] = rt.base2new_results(tmp_path)
     assert any("subsample_classes=base" in n and "test_new" in n for n in res.notes)
 
 
@@ -329,7 +340,7 @@ def xd_tree(root: Path) -> None:
 
 def test_xd_source_targets_average(tmp_path: Path) -> None:
     xd_tree(tmp_path)
-    [table] = results_table.build_tables(tmp_path, "xd")
+    [table] = rt.build_tables(tmp_path, "xd")
     assert table.headers == [
         "Trainer",
         "Source (imagenet)",
@@ -346,7 +357,7 @@ def test_xd_source_targets_average(tmp_path: Path) -> None:
     assert maple[1].mean == pytest.approx(70.0) and maple[2].mean is None
     assert maple[-1].mean == pytest.approx(48.0)
     assert any("MaPLe" in n and "1 of 3 targets" in n for n in table.notes)
-    md = results_table.render([table], "markdown")
+    md = rt.render([table], "markdown")
     coop_md = next(line for line in md.splitlines() if line.startswith("| CoOp"))
     assert [c.strip() for c in coop_md.strip("|").split("|")][
         -1
@@ -355,7 +366,7 @@ def test_xd_source_targets_average(tmp_path: Path) -> None:
 
 def test_dg_uses_imagenet_variants_only(tmp_path: Path) -> None:
     xd_tree(tmp_path)
-    [table] = results_table.build_tables(tmp_path, "dg", results_table.Selection(trainers=["CoOp"]))
+    [table] = rt.build_tables(tmp_path, "dg", rt.Selection(trainers=["CoOp"]))
     assert table.headers == ["Trainer", "Source (imagenet)", "imagenetv2", "imagenet_r", "Average"]
     assert [c.mean for c in table.rows[0][1:]] == pytest.approx([72.0, 64.0, 76.0, 70.0])
 
@@ -366,20 +377,18 @@ def test_few_shot_one_table_per_shot_count(tmp_path: Path) -> None:
         fill_seeds(
             cfg_dir(tmp_path, "few_shot", "eurosat", "CoOp", shots=shots), [v + 10 for v in values]
         )
-    tables = results_table.build_tables(tmp_path, "few_shot")
+    tables = rt.build_tables(tmp_path, "few_shot")
     assert [t.shots for t in tables] == [1, 16]
     assert tables[0].rows[-1][0] == "Average" and tables[0].rows[-1][1].mean == pytest.approx(57.0)
     assert tables[1].rows[0][1].mean == pytest.approx(81.0)
     assert "1 shot," in tables[0].title
-    [only16] = results_table.build_tables(tmp_path, "few_shot", results_table.Selection(shots=[16]))
+    [only16] = rt.build_tables(tmp_path, "few_shot", rt.Selection(shots=[16]))
     assert only16.shots == 16
 
 
 def test_seeds_filter(tmp_path: Path) -> None:
     fill_seeds(cfg_dir(tmp_path, "few_shot", "dtd", "CoOp"), [50.0, 60.0, 90.0])
-    [table] = results_table.build_tables(
-        tmp_path, "few_shot", results_table.Selection(seeds={1, 2})
-    )
+    [table] = rt.build_tables(tmp_path, "few_shot", rt.Selection(seeds={1, 2}))
     assert table.rows[0][1].mean == pytest.approx(55.0)
 
 
@@ -433,19 +442,15 @@ def test_table_unknown_trainer(tmp_path: Path, capsys: pytest.CaptureFixture) ->
 def test_plot_writes_readable_png(tmp_path: Path) -> None:
     import matplotlib.image as mpimg
 
-    from tools import plot_base2new
-
     base2new_tree(tmp_path / "output")
     out = tmp_path / "figs" / "b2n.png"
-    panels = plot_base2new.plot_base2new(tmp_path / "output", out)
+    panels = plots.plot_base2new(tmp_path / "output", out)
     assert panels == 3  # caltech101, dtd, Average
     assert out.stat().st_size > 0
     image = mpimg.imread(out)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     assert [p.name for p in out.parent.iterdir()] == ["b2n.png"]
-    values = dict(
-        plot_base2new.panel_values(results_table.base2new_results(tmp_path / "output")[0])
-    )
+    values = dict(plots.panel_values(rt.base2new_results(tmp_path / "output")[0]))
     assert values["Average"]["CoOp"][2] == pytest.approx(hm((82 + 60.5) / 2, (72 + 43) / 2))
     assert values["dtd"]["CoOpDiff"] == (None, None, None)
 
@@ -465,6 +470,79 @@ def test_plot_cli_and_empty_root(tmp_path: Path) -> None:
 
 
 def test_harmonic_mean_edge_cases() -> None:
-    assert results_io.harmonic_mean(None, 50.0) is None
-    assert results_io.harmonic_mean(0.0, 0.0) == 0.0
-    assert math.isclose(results_io.harmonic_mean(100.0, 50.0), 200 / 3)
+    assert rt.harmonic_mean(None, 50.0) is None
+    assert rt.harmonic_mean(0.0, 0.0) == 0.0
+    assert math.isclose(rt.harmonic_mean(100.0, 50.0), 200 / 3)
+
+
+# ----------------------------------------------------------------------------- layout and record
+
+
+def _checkpoint(run: Path, model: str, name: str) -> None:
+    (run / model).mkdir(parents=True, exist_ok=True)
+    (run / model / name).write_bytes(b"weights")
+    (run / model / "checkpoint").write_text(f"{name}\n")
+
+
+def test_run_status_from_records_manifest_results_and_logs(tmp_path: Path) -> None:
+    run = tmp_path / "seed1"
+    run.mkdir()
+    assert layout.run_status(str(run)) == layout.RunStatus(None, False)
+    _checkpoint(run, "prompt_learner", "model.pth.tar-3")
+    _checkpoint(run, "diffusion", "model.pth.tar-3")
+    (run / "log.txt").write_text("epoch [3/5] batch [1/1]\n")
+    assert layout.run_status(str(run)) == layout.RunStatus(3, False)
+    (run / "log.txt-2024-01-02-03-04-05").write_text("Finished training\n")  # older wording
+    assert layout.run_status(str(run)).line() == "3 finished"
+    # a record naming a file that is not there is no checkpoint; records that disagree are damage
+    (run / "diffusion" / "checkpoint").write_text("model.pth.tar-9\n")
+    assert layout.run_status(str(run)).epoch == 3
+    _checkpoint(run, "diffusion", "model.pth.tar-4")
+    with pytest.raises(layout.RunDamaged, match=f"{run}.*model.pth.tar-4"):
+        layout.run_status(str(run))
+    # the manifest, written after every model's file, decides over the per-model records
+    (run / layout.MANIFEST).write_text(json.dumps({"last": "model-best.pth.tar", "units": {}}))
+    assert layout.run_status(str(run)).epoch == "best"
+    (run / layout.MANIFEST).write_text(json.dumps({"last": None, "units": {}}))
+    (run / "log.txt-2024-01-02-03-04-05").unlink()
+    assert layout.run_status(str(run)) == layout.RunStatus(None, False)
+    write_json(run, 50.0)
+    assert layout.run_status(str(run)).finished
+
+
+def test_status_cli_prints_one_line_or_one_error(tmp_path: Path) -> None:
+    run = tmp_path / "seed1"
+    _checkpoint(run, "prompt_learner", "model.pth.tar-2")
+    cmd = [sys.executable, "-m", "promptdiff.results", "status", str(run)]
+    proc = subprocess.run(cmd, cwd=REPO, env=checkout_env(), capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout) == (0, "2 unfinished\n")
+    (run / layout.MANIFEST).write_text("{not json")
+    proc = subprocess.run(cmd, cwd=REPO, env=checkout_env(), capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(run / layout.MANIFEST) in proc.stderr
+
+
+def test_record_schema_separates_metrics_from_run_fields() -> None:
+    measured = {"accuracy": 81.25, "error": 18.75, "macro_f1": 80.0, "total": 16, "correct": 13}
+    made = record.make_record(
+        {**measured, "perclass_accuracy": 79.0}, "test", seed=2, num_shots=16, epoch=5
+    )
+    assert list(made)[: len(record.METRICS)] == list(record.METRICS)
+    assert "perclass_accuracy" not in made  # the schema, not whatever the evaluator returned
+    metrics, meta = record.split_record(json.loads(json.dumps(made)))
+    assert metrics == {k: float(v) for k, v in measured.items()}
+    assert meta == {"split": "test", "seed": 2, "num_shots": 16, "epoch": 5}
+
+
+def test_trainer_order_pairs_each_method_with_its_diff_variant() -> None:
+    import trainers  # noqa: F401  (registers the trainers)
+    from promptdiff.host import TRAINER_REGISTRY
+
+    names = TRAINER_REGISTRY.registered_names()
+    ordered = rt.order_trainers([*names, "FooDiff", "Foo"])
+    assert ordered[0] == "ZeroshotCLIP" and ordered[-2:] == ["Foo", "FooDiff"]
+    for name in names:
+        if name.endswith("Diff"):
+            assert ordered.index(name) == ordered.index(name[: -len("Diff")]) + 1
+    listed = [n for n in ordered if n in rt.METHOD_ORDER]  # the papers' order
+    assert listed == [m for m in rt.METHOD_ORDER if m in names]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from promptdiff.backbone import save_tiny_clip
+from promptdiff.results.record import METRICS, split_record
 from promptdiff.synthetic import make_shapes_caltech
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +113,11 @@ def trained(setup) -> Path:
 
 
 def test_every_trainer_has_short_scripts_that_source_common():
-    assert {p.name for p in SCRIPTS.iterdir() if p.is_dir()} == set(TRAINERS)
+    import trainers  # noqa: F401  (registers the trainers)
+    from promptdiff.host import TRAINER_REGISTRY
+
+    registered = set(TRAINER_REGISTRY.registered_names())
+    assert {p.name for p in SCRIPTS.iterdir() if p.is_dir()} == set(TRAINERS) == registered
     for trainer, (cfg_dir, cfg, xd_cfg) in TRAINERS.items():
         names = ("base2new_test.sh", "xd_test.sh") if trainer == "ZeroshotCLIP" else TRAINED
         assert sorted(p.name for p in (SCRIPTS / trainer).iterdir()) == sorted(names)
@@ -222,6 +227,10 @@ def test_base2new_train_then_test_write_results(setup, trained):
     assert (base["subsample_classes"], base["total"], base["num_shots"]) == ("base", n_base, 2)
     assert (new["subsample_classes"], new["total"], new["num_shots"]) == ("new", n_new, 2)
     assert base["trainer"] == new["trainer"] == "CoOp" and new["seed"] == 1
+    # the engine writes the record schema the readers read: the METRICS, the rest run fields
+    metrics, meta = split_record(new)
+    assert list(metrics) == list(METRICS) and metrics["total"] == n_new
+    assert {"seed", "num_shots", "epoch", "split"} <= set(meta)
     log = (test_dir / "log.txt").read_text()
     assert f"Load {train_dir}/prompt_learner/model.pth.tar-1 to prompt_learner" in log
 
@@ -331,6 +340,7 @@ def test_table_tool_reads_the_scripts_outputs(setup, trained):
     proc = subprocess.run(
         [sys.executable, "tools/results_table.py", "--root", str(trained), "--protocol",
          "base2new", "--shots", "2", "--trainers", "CoOp", "--format", "csv"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},  # this checkout's promptdiff
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     rows = {line.split(",")[1]: line.split(",") for line in proc.stdout.splitlines()[1:]}

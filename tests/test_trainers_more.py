@@ -38,7 +38,7 @@ DIFF_OPTS = tuple(
     "TRAINER.PD.STAGE1_EPOCHS 1 TRAINER.PD.WIDTH 32 TRAINER.PD.DEPTH 1 TRAINER.PD.HEADS 2 "
     "TRAINER.PD.OVERFIT_STEPS 2".split()
 )
-TRAINERS = ["CoCoOp", "CoCoOpDiff", "VPT", "VPTDiff", "MaPLe", "MaPLeDiff", "IVLP", "IVLPDiff"]
+TRAINERS = [name for base in SPECS for name in (base, f"{base}Diff")]
 # what a prompt_learner checkpoint holds: the learned tensors only (upstream names)
 PROMPT_KEYS = {
     "CoCoOp": {

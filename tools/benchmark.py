@@ -51,6 +51,7 @@ from PIL import Image  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from torch.utils import benchmark  # noqa: E402
 
+from promptdiff.fileio import atomic_write  # noqa: E402
 from tools.bench_fastpaths import ROW_SIZES, Bench, run_rows  # noqa: E402
 
 # CLIP sizes (keyword arguments of promptdiff.backbone.save_tiny_clip); "tiny" = its defaults
@@ -708,10 +709,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_json(path: str, rows) -> None:
     """{"rows": [{"name", "plain_ms", "fast_ms", "ratio", "max_abs_diff", "note"}]}, atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"rows": [r.as_json() for r in rows]}, f, indent=1)
-    os.replace(tmp, path)
+    record = {"rows": [r.as_json() for r in rows]}
+    atomic_write(path, lambda f: json.dump(record, f, indent=1))
 
 
 if __name__ == "__main__":

@@ -25,19 +25,28 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-import results_io as rio  # noqa: E402
-
+import trainers as _registers_trainers  # noqa: E402, F401
 from promptdiff import miniworld as mw  # noqa: E402
+from promptdiff.host import TRAINER_REGISTRY  # noqa: E402
+from promptdiff.results.layout import (  # noqa: E402
+    RESULTS_FILE,
+    checkpoint_epoch,
+    last_checkpoint,
+    results_file,
+    run_dir,
+)
+from promptdiff.results.record import ResultsError, read_record  # noqa: E402
+from promptdiff.results.tables import Selection, build_tables, order_trainers, render  # noqa: E402
 
 CLIP_FILE = "miniworld_clip.pt"
 SHOTS = 16
 # every trainer, in the tables' order (ZeroshotCLIP, then each method beside its Diff variant)
-TRAINERS = rio.TRAINER_ORDER
+TRAINERS = tuple(order_trainers(TRAINER_REGISTRY.registered_names()))
 DIFF_TRAINERS = tuple(t for t in TRAINERS if t.endswith("Diff"))
 SOURCE_DATASET = "miniworld"
 # the dataset config name (configs/datasets/<name>.yaml) of each domain
@@ -139,10 +148,12 @@ def coop_check(root: str, workdir: str, epochs: int = 20) -> tuple[float, float]
     return _accuracy(coop_dir), _accuracy(zs_dir)
 
 
-def _accuracy(run_dir: str, split: str = "test") -> float:
-    name = "results.json" if split == "test" else f"results_{split}.json"
-    with open(os.path.join(run_dir, name)) as f:
-        return float(json.load(f)["accuracy"])
+def _accuracy(run: str, split: str = "test") -> float:
+    path = Path(run) / results_file(split)
+    parsed = read_record(path)
+    if parsed is None or "accuracy" not in parsed[0]:
+        raise SystemExit(f"error: no accuracy in {path}; run the evaluation again.")
+    return parsed[0]["accuracy"]
 
 
 def check(root: str, with_coop: bool = True) -> list[mw.Check]:
@@ -226,26 +237,14 @@ def tables(
     """The base2new and dg tables (mean, and ± std over seeds with `std`) as Markdown."""
     out = []
     for protocol in protocols:
-        cmd = [
-            sys.executable,
-            os.path.join(ROOT, "tools/results_table.py"),
-            "--root",
-            output,
-            "--protocol",
-            protocol,
-            "--trainers",
-            ",".join(trainers),
-            "--seeds",
-            ",".join(map(str, seeds)),
-            "--format",
-            "markdown",
-            *(["--std"] if std else []),
-        ]
+        sel = Selection(trainers=list(trainers), seeds=set(seeds))
         if protocol == "dg":
-            targets = [DOMAIN_CONFIGS[d] for d in domains if d != mw.SOURCE]
-            cmd += ["--source", SOURCE_DATASET, "--datasets", ",".join(targets)]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        out.append(proc.stdout if proc.returncode == 0 else proc.stderr)
+            sel.source = SOURCE_DATASET
+            sel.datasets = [DOMAIN_CONFIGS[d] for d in domains if d != mw.SOURCE]
+        try:
+            out.append(render(build_tables(output, protocol, sel), "markdown", std))
+        except ResultsError as exc:
+            out.append(f"error: {exc}\n")
     return "\n".join(out)
 
 
@@ -270,11 +269,11 @@ def ablate(root: str, output: str, trainers, seeds) -> None:
                 epoch = _last_epoch(train_dir)
                 for name, extra in ABLATIONS.items():
                     for sub, part in (("base", "train_base"), ("new", "test_new")):
-                        out = os.path.join(
-                            output, "ablations", name, "base2new", part, SOURCE_DATASET,
-                            f"shots_{SHOTS}", trainer, cfg, f"seed{seed}",
+                        out = run_dir(
+                            os.path.join(output, "ablations", name), f"base2new/{part}",
+                            SOURCE_DATASET, SHOTS, trainer, cfg, seed,
                         )  # fmt: skip
-                        if os.path.isfile(os.path.join(out, "results.json")):
+                        if os.path.isfile(os.path.join(out, RESULTS_FILE)):
                             continue
                         print(f"[miniworld] {trainer} seed {seed} {name} {sub}", flush=True)
                         train_py([
@@ -310,7 +309,7 @@ def ablation_table(output: str, trainers, seeds) -> str:
                         if os.path.isdir(run)
                         else []
                     )
-                    dirs = [d for d in dirs if os.path.isfile(os.path.join(d, "results.json"))]
+                    dirs = [d for d in dirs if os.path.isfile(os.path.join(d, RESULTS_FILE))]
                     if dirs:
                         found[sub] = _accuracy(dirs[0])
                 if len(found) == 2:
@@ -360,12 +359,12 @@ def tune(root, output, trainer, cfg, grid, eval_grid, seed: int = 1) -> list[tup
     rows = []
     for k, combo in enumerate(combinations(grid)):
         train_dir = os.path.join(output, "tune", trainer, cfg, f"seed{seed}", f"run{k}")
-        if not os.path.isfile(os.path.join(train_dir, "results_val.json")):
+        if not os.path.isfile(os.path.join(train_dir, results_file("val"))):
             print(f"[tune] {trainer} {' '.join(combo)}", flush=True)
             train_py([*common, "--output-dir", train_dir, *opts, *combo])
         for j, extra in enumerate(combinations(eval_grid)):
             eval_dir = os.path.join(train_dir, f"eval{j}")
-            if extra and not os.path.isfile(os.path.join(eval_dir, "results_val.json")):
+            if extra and not os.path.isfile(os.path.join(eval_dir, results_file("val"))):
                 train_py([*common, "--output-dir", eval_dir, "--eval-only", "--model-dir",
                           train_dir, "--load-epoch", str(_last_epoch(train_dir)), *opts, *combo,
                           *extra])  # fmt: skip
@@ -384,13 +383,12 @@ def _train_dirs(tree: str, trainer: str, seed: int) -> list[tuple[str, str]]:
     return [
         (os.path.join(base, cfg, f"seed{seed}"), cfg)
         for cfg in sorted(os.listdir(base))
-        if os.path.isfile(os.path.join(base, cfg, f"seed{seed}", "results.json"))
+        if os.path.isfile(os.path.join(base, cfg, f"seed{seed}", RESULTS_FILE))
     ]
 
 
-def _last_epoch(run_dir: str) -> int:
-    with open(os.path.join(run_dir, "prompt_learner", "checkpoint")) as f:
-        return int(f.read().strip().rsplit("-", 1)[-1])
+def _last_epoch(run: str) -> int | str | None:
+    return checkpoint_epoch(last_checkpoint(run))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,10 +21,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-if __package__:
-    from . import results_io as rio
-else:  # run as `python tools/sweep_inference.py`: this file's folder is on sys.path
-    import results_io as rio
+from promptdiff.fileio import atomic_write  # noqa: E402
+from promptdiff.results.tables import comma_list, int_list  # noqa: E402
 
 
 def sweep(
@@ -102,10 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, help="a trained *Diff run folder")
     parser.add_argument(
-        "--steps", type=rio.int_list, default=[1, 2, 5, 10, 20], help="comma list, e.g. 1,2,5,10"
+        "--steps", type=int_list, default=[1, 2, 5, 10, 20], help="comma list, e.g. 1,2,5,10"
     )
     parser.add_argument(
-        "--samplers", type=rio.comma_list, help="e.g. ddim,euler (default: the run's SAMPLER)"
+        "--samplers", type=comma_list, help="e.g. ddim,euler (default: the run's SAMPLER)"
     )
     parser.add_argument("--load-epoch", type=int, default=None, help="default: the last saved")
     parser.add_argument("--csv", default="", help="also write the records to this CSV file")
@@ -120,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = sweep(args.model_dir, args.steps, args.samplers, args.opts, args.load_epoch)
         if args.csv:
-            from promptdiff.engine.utils import atomic_write
-
             text = render_csv(rows)
             atomic_write(args.csv, lambda f: f.write(text))
     except USER_ERRORS as exc:

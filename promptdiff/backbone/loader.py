@@ -8,6 +8,8 @@ import warnings
 import torch
 from torch import nn
 
+from promptdiff.fileio import atomic_write
+
 CLIP_CACHE = os.path.expanduser("~/.cache/clip")
 
 
@@ -128,11 +130,8 @@ def tiny_clip(
 
 def save_tiny_clip(path: str, seed: int = 0, **kwargs) -> str:
     """Write a tiny CLIP state dict to `path` (atomically) so it loads through load_clip."""
-    model = tiny_clip(seed=seed, **kwargs)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+    state = tiny_clip(seed=seed, **kwargs).state_dict()
+    atomic_write(path, lambda f: torch.save(state, f), mode="wb")
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
@@ -15,10 +14,12 @@ import torch
 
 from promptdiff.engine.utils import atomic_write, logger, torch_save_atomic, write_json
 
-# OUTPUT_DIR/checkpoints.json names the complete checkpoint units (one epoch's file of every
-# model); it is written after all of a unit's files, so a kill or a full disk mid-save leaves the
-# previous complete unit in charge.
-MANIFEST = "checkpoints.json"
+# the run-folder layout (manifest, per-model records) has its home in the results library
+from promptdiff.results.layout import (  # noqa: F401  (MANIFEST and friends re-exported)
+    MANIFEST,
+    last_checkpoint_name,
+    read_manifest,
+)
 
 
 def save_checkpoint(
@@ -53,23 +54,6 @@ def save_checkpoint(
 def write_record(save_dir: str, model_name: str) -> None:
     """Name model_name in save_dir/checkpoint, the file Dassl reads to resume."""
     atomic_write(os.path.join(save_dir, "checkpoint"), lambda f: f.write(f"{model_name}\n"))
-
-
-def read_manifest(directory: str) -> dict | None:
-    """The checkpoint manifest of an output folder, or None where there is none (older runs)."""
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-        manifest["units"]  # noqa: B018  (the one key every manifest has)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RuntimeError(
-            f"Checkpoint manifest {path} is unreadable ({type(exc).__name__}: {exc}); "
-            f"delete it to fall back to the per-model 'checkpoint' records."
-        ) from exc
-    return manifest
 
 
 def write_manifest(directory: str, manifest: dict) -> None:
@@ -221,16 +205,6 @@ def load_checkpoint(fpath: str) -> dict:
         f"{', '.join(sorted(_TensorsOnlyUnpickler.skipped))}."
     )
     return ckpt
-
-
-def last_checkpoint_name(directory: str) -> str | None:
-    """The file named in directory/checkpoint, or None when there is no finished checkpoint."""
-    record = os.path.join(directory, "checkpoint")
-    if not os.path.isfile(record):
-        return None
-    with open(record) as f:
-        name = f.readline().strip()
-    return name if name and os.path.isfile(os.path.join(directory, name)) else None
 
 
 def resume_from_checkpoint(

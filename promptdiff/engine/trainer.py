@@ -43,6 +43,8 @@ from promptdiff.engine.utils import (
     write_failure,
     write_json,
 )
+from promptdiff.results.layout import results_file
+from promptdiff.results.record import make_record
 
 
 def _few(keys: list[str], limit: int = 3) -> str:
@@ -638,30 +640,25 @@ class SimpleTrainer(TrainerBase):
             return
         cfg = self.cfg
         run = run_record(cfg)
-        record = {
-            "accuracy": results["accuracy"],
-            "macro_f1": results["macro_f1"],
-            "error": results["error"],
-            "total": results["total"],
-            "correct": results["correct"],
-            "split": split,
-            "trainer": cfg.TRAINER.NAME,
-            "dataset": cfg.DATASET.NAME,
-            "subsample_classes": cfg.DATASET.SUBSAMPLE_CLASSES,
-            "num_shots": cfg.DATASET.NUM_SHOTS,
-            "seed": cfg.SEED,
-            "backbone": cfg.MODEL.BACKBONE.NAME,
-            "clip_weights": self.weights_identity(),
-            "epoch": self.evaluated_epoch
+        record = make_record(
+            results,
+            split,
+            trainer=cfg.TRAINER.NAME,
+            dataset=cfg.DATASET.NAME,
+            subsample_classes=cfg.DATASET.SUBSAMPLE_CLASSES,
+            num_shots=cfg.DATASET.NUM_SHOTS,
+            seed=cfg.SEED,
+            backbone=cfg.MODEL.BACKBONE.NAME,
+            clip_weights=self.weights_identity(),
+            epoch=self.evaluated_epoch
             if self.evaluated_epoch is not None
             else self.trained_epochs(),
-            "fingerprint": run["fingerprint"],
-            "run_config": run["config"],
-            "git_commit": git_commit(),
-            "versions": package_versions(),
-        }
-        name = "results.json" if split == "test" else f"results_{split}.json"
-        write_json(record, os.path.join(self.output_dir, name))
+            fingerprint=run["fingerprint"],
+            run_config=run["config"],
+            git_commit=git_commit(),
+            versions=package_versions(),
+        )
+        write_json(record, os.path.join(self.output_dir, results_file(split)))
 
     def trained_epochs(self) -> int | None:
         """Epochs trained in this process (a host loop that does not track evaluated_epoch)."""
