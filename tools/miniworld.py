@@ -287,42 +287,30 @@ def ablate(root: str, output: str, trainers, seeds) -> None:
 
 
 def ablation_table(output: str, trainers, seeds) -> str:
-    """Markdown: Base / New / HM (mean ± std over seeds) of each *Diff trainer's base2new models
-    under the main setting (INFERENCE sample, 5 steps) and each ablation; HM is the harmonic mean
-    of the seed-averaged Base and New, as in the results tables."""
-    import numpy as np
+    """Markdown: Base / New (mean ± std over seeds) and HM of each *Diff trainer's base2new models
+    under the main setting (INFERENCE sample, 5 steps) and each ablation, from the results
+    library (HM of the seed-averaged Base and New, as in every table)."""
+    from promptdiff.results.record import ResultsError
+    from promptdiff.results.tables import Selection, base2new_results, fmt_value
 
-    settings = [("sample, 5 steps (main)", os.path.join(output, "base2new"))] + [
-        (name.replace("_", " "), os.path.join(output, "ablations", name, "base2new"))
-        for name in ABLATIONS
+    settings = [("sample, 5 steps (main)", output)] + [
+        (name.replace("_", " "), os.path.join(output, "ablations", name)) for name in ABLATIONS
     ]
     lines = ["| Trainer | Setting | Base | New | HM |", "|:--|:--|--:|--:|--:|"]
     for trainer in trainers:
-        for label, tree in settings:
-            accs: dict[str, list[float]] = {"base": [], "new": []}
-            for seed in seeds:
-                found = {}
-                for part, sub in (("train_base", "base"), ("test_new", "new")):
-                    run = os.path.join(tree, part, SOURCE_DATASET, f"shots_{SHOTS}", trainer)
-                    dirs = (
-                        [os.path.join(run, c, f"seed{seed}") for c in sorted(os.listdir(run))]
-                        if os.path.isdir(run)
-                        else []
-                    )
-                    dirs = [d for d in dirs if os.path.isfile(os.path.join(d, RESULTS_FILE))]
-                    if dirs:
-                        found[sub] = _accuracy(dirs[0])
-                if len(found) == 2:
-                    accs["base"].append(found["base"])
-                    accs["new"].append(found["new"])
-            if not accs["base"]:
+        sel = Selection(trainers=[trainer], datasets=[SOURCE_DATASET], seeds=set(seeds))
+        for label, root in settings:
+            try:
+                (result,) = base2new_results(root, sel)
+            except ResultsError:  # this ablation has not been run for this trainer
                 continue
-            base, new = np.mean(accs["base"]), np.mean(accs["new"])
-            cells = [f"{np.mean(v):.2f} ± {np.std(v):.2f}" for v in accs.values()]
-            cells.append(f"{2 * base * new / (base + new):.2f}")
-            lines.append(
-                f"| {trainer} | {label} ({len(accs['base'])} seeds) | " + " | ".join(cells) + " |"
-            )
+            (entry,) = result.entries.values()
+            if entry.base and entry.new:
+                cells = [fmt_value(s.mean, s.std) for s in (entry.base, entry.new)]
+                lines.append(
+                    f"| {trainer} | {label} ({entry.base.n} seeds) | {' | '.join(cells)} | "
+                    f"{fmt_value(entry.hm)} |"
+                )
     return "\n".join(lines)
 
 
