@@ -142,7 +142,7 @@ def test_inference_modes_differ_and_base_is_the_baseline(trained, tmp_path):
         hand = []
         for batch in diff.test_loader:
             cond = model.condition(batch["img"])
-            base = model.base_prompt(batch["img"], cond)
+            base = model.base_prompt(cond)
             prompts = target_to_prompt(diff.diffusion.stats.mean.expand_as(base), base)
             hand.append(model.logits_for(batch["img"], cond, prompts))
     assert torch.equal(torch.cat(hand), logits["mean"])
@@ -170,7 +170,7 @@ def test_stage2_step_equals_a_plain_recomputation(shapes_root, tiny_weights, tmp
     torch.manual_seed(7)
     with torch.no_grad():
         cond = model.condition(image)
-    base = model.base_prompt(image, cond).detach()
+    base = model.base_prompt(cond).detach()
 
     def per_sample_ce(delta):
         logits = model.logits_for(image, cond, base + delta).float()

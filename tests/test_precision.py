@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from promptdiff.backbone import cast_for_precision, tiny_clip
-from trainers.coop import CoOpPromptLearner, PromptedCLIP
+from trainers.coop import CoOpCLIP, CoOpPromptLearner
 
 
 def _opts(ctx_init: str = "a photo of a") -> CN:
@@ -36,7 +36,7 @@ def test_fp16_clip_trains_fp32_master_context():
     clip_model.requires_grad_(False)  # as ClipPromptTrainer freezes it
     learner = CoOpPromptLearner(_opts(), ["dog", "cat", "red car"], clip_model)
     learner.float()
-    model = PromptedCLIP(learner, clip_model)
+    model = CoOpCLIP(learner, clip_model)
     logits = model(torch.randn(2, 3, 32, 32))
     assert logits.dtype == torch.float32
     F.cross_entropy(logits, torch.tensor([0, 2])).backward()
@@ -59,7 +59,7 @@ def test_amp_forward_matches_fp32_on_cuda(share_prefix):
     clip_model.requires_grad_(False)
     opts = CN({"N_CTX": 4, "CSC": False, "CTX_INIT": "", "CLASS_TOKEN_POSITION": "end"})
     learner = CoOpPromptLearner(opts, ["dog", "cat", "red car", "sea lion"], clip_model).to(device)
-    model = PromptedCLIP(learner, clip_model, share_prefix=share_prefix)
+    model = CoOpCLIP(learner, clip_model, share_prefix=share_prefix)
     images = torch.randn(3, 3, 32, 32, device=device)
     prompts = learner.ctx + 0.02 * torch.randn(3, *learner.ctx.shape, device=device)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -17,7 +17,7 @@ from promptdiff.backbone.encoders import encode_text, encode_text_shared_prefix
 from promptdiff.backbone.loader import tiny_clip
 from promptdiff.backbone.prompts import ClassPrompts
 from trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
-from trainers.coop import CoOpPromptLearner, PromptedCLIP
+from trainers.coop import CoOpCLIP, CoOpPromptLearner
 from trainers.maple import MaPLePromptLearner, MultiModalPromptedCLIP
 from trainers.overfit_classes import hardest_classes, logits_for_classes, overfit_loss_classes
 
@@ -96,7 +96,7 @@ def _coop(clip_model, position="end", csc=False):
     opts = CN({"N_CTX": 4, "CSC": csc, "CTX_INIT": "", "CLASS_TOKEN_POSITION": position})
     torch.manual_seed(0)
     learner = CoOpPromptLearner(opts, NAMES, clip_model)
-    return PromptedCLIP(learner, clip_model), PromptedCLIP(learner, clip_model, share_prefix=False)
+    return CoOpCLIP(learner, clip_model), CoOpCLIP(learner, clip_model, share_prefix=False)
 
 
 def test_coop_end_shared_context_and_per_image_contexts(clip_model, shared_calls):

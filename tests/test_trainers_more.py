@@ -246,7 +246,7 @@ def test_cocoop_per_image_context_and_meta_net_gradients(data, tmp_path):
     model, learner = trainer.model, trainer.model.prompt_learner
     image, label = _one_batch(trainer)
     cond = model.condition(image)
-    ctx = model.base_prompt(image, cond)
+    ctx = model.base_prompt(cond)
     assert ctx.shape == (image.shape[0], *learner.ctx.shape)
     shift = ctx - learner.ctx
     # one bias per image, the same for every context vector, and different between images
@@ -298,7 +298,7 @@ def test_maple_vision_prompts_follow_text_prompts(data, tmp_path):
 
         # per image: image 1 gets other text-side prompts, image 0 keeps the shared ones
         cond = model.condition(image)
-        prompts = model.base_prompt(image, cond).clone()
+        prompts = model.base_prompt(cond).clone()
         prompts[1, 0] += torch.randn(prompts[1, 0].shape, generator=gen)
         per_image = model.logits_for(image, cond, prompts)
         shared = model(image)
@@ -387,7 +387,7 @@ def test_diffused_prompt_shape_and_base_prompt_reproduces_baseline(
     image, _ = _one_batch(trainer)
     with torch.no_grad():
         cond = model.condition(image)
-        base = model.base_prompt(image, cond)
+        base = model.base_prompt(cond)
         assert base.shape == (len(image), *shape)
         # plugging the baseline's own prompt back in gives the baseline's logits
         torch.testing.assert_close(
@@ -493,10 +493,10 @@ def test_fp16_clip_trains_fp32_prompts(name):
     learner = model.prompt_learner.float()
     image, label = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
     cond = model.condition(image)
-    delta = torch.zeros_like(model.base_prompt(image, cond)).requires_grad_(True)
+    delta = torch.zeros_like(model.base_prompt(cond)).requires_grad_(True)
     for logits in (
         model(image),
-        model.logits_for(image, cond, model.base_prompt(image, cond) + delta),
+        model.logits_for(image, cond, model.base_prompt(cond) + delta),
     ):
         assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
         F.cross_entropy(logits, label).backward()

@@ -390,7 +390,7 @@ def reference_inference(trainer, image: torch.Tensor) -> torch.Tensor:
     with trainer.autocast():
         cond = model.condition(image)
         # contiguous: one real context per image (an expanded one would be encoded once)
-        prompts = model.base_prompt(image, cond).contiguous()
+        prompts = model.base_prompt(cond).contiguous()
         return model.logits_for(image, cond, prompts).float()
 
 

@@ -1,13 +1,14 @@
 """What every CLIP prompt trainer shares: loading CLIP, precision, freezing, the optimisation step.
 
-A trainer names its config namespace (PREC etc.) and builds its model in `build_prompt_model`; the
-model must expose `prompt_learner` (everything trainable) and return logits from `forward(image)`.
+A trainer names its config namespace (PREC etc.) and builds its model in `build_prompt_model`: a
+PromptedCLIP (trainers/prompted.py), whose `prompt_learner` holds everything trainable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,9 @@ from torch import nn
 from promptdiff.backbone import cast_for_precision, check_input_size, load_clip, resolve_weights
 from promptdiff.engine.runinfo import file_identity
 from promptdiff.host import TrainerX, build_lr_scheduler, build_optimizer, load_checkpoint, log
+
+if TYPE_CHECKING:
+    from trainers.prompted import PromptedCLIP
 
 PRECISIONS = ("fp16", "fp32", "amp")
 
@@ -68,7 +72,7 @@ class ClipPromptTrainer(TrainerX):
         """OPTIM.* for the baseline's schedule (the Diff trainers shorten it to stage 1)."""
         return self.cfg.OPTIM
 
-    def build_prompt_model(self, cfg, classnames: list[str], clip_model: nn.Module) -> nn.Module:
+    def build_prompt_model(self, cfg, classnames: list[str], clip_model: nn.Module) -> PromptedCLIP:
         raise NotImplementedError
 
     def load_init_weights(self, path: str) -> None:
@@ -103,13 +107,11 @@ class ClipPromptTrainer(TrainerX):
     def set_model_mode(self, mode: str = "train", names=None) -> None:
         super().set_model_mode(mode, names)
         # a cached class-feature table is only valid for the evaluation that built it
-        if hasattr(self.model, "clear_cache"):
-            self.model.clear_cache()
+        self.model.clear_cache()
 
     def before_test(self, split: str) -> None:
-        if hasattr(self.model, "cache_text_features"):
-            with self.autocast():
-                self.model.cache_text_features()
+        with self.autocast():
+            self.model.cache_text_features()
 
     def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
         if self.scaler is None:

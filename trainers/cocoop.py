@@ -19,8 +19,8 @@ from promptdiff.backbone.encoders import embed_dim, text_width
 from promptdiff.backbone.prompts import ClassPrompts, context_init
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.base import ClipPromptTrainer
-from trainers.coop import PromptedCLIP, text_settings
 from trainers.prompt_diffusion import PromptDiffusionMixin
+from trainers.prompted import PromptedCLIP, text_settings
 
 
 class CoCoOpPromptLearner(nn.Module):
@@ -59,13 +59,13 @@ class CoCoOpCLIP(PromptedCLIP):
     def cache_text_features(self) -> None:
         """Nothing is static: the class prompts depend on the image."""
 
-    def base_prompt(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def base_prompt(self, cond: torch.Tensor) -> torch.Tensor:
         """The per-image context ctx + meta(f(x)): [B, M, D]."""
         return self.prompt_learner(cond)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         cond = self.condition(image)
-        return self.logits_for(image, cond, self.base_prompt(image, cond))
+        return self.logits_for(image, cond, self.base_prompt(cond))
 
 
 @TRAINER_REGISTRY.register()

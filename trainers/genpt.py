@@ -52,7 +52,7 @@ from promptdiff.backbone.encoders import embed_dim, encode_text_tokens
 from promptdiff.backbone.prompts import tokenize
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.base import ClipPromptTrainer, accuracy, logits_from_features
-from trainers.coop import CoOpPromptLearner, PromptedCLIP
+from trainers.coop import CoOpCLIP, CoOpPromptLearner
 from trainers.prompt_diffusion import PromptDiffusionMixin
 from trainers.zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
@@ -173,7 +173,7 @@ class GenPTPromptLearner(CoOpPromptLearner):
             self.memory = ClassMemory(len(classnames), opts.AUG_MEMORY, embed_dim(clip_model))
 
 
-class GenPTCLIP(PromptedCLIP):
+class GenPTCLIP(CoOpCLIP):
     """CoOp's prompted CLIP plus the hand-crafted view's class features and the inference ensemble."""
 
     def __init__(self, learner, clip_model, hand_features, ensemble: float, chunk_size: int = 0):
@@ -197,7 +197,7 @@ class GenPTCLIP(PromptedCLIP):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         feats = self.image_features(image)
-        text = self._text_cache if self._text_cache is not None else self.text_features()
+        text = self.class_features(self.shared_prompt())
         return self.ensemble(logits_from_features(self.clip, feats, text), feats)
 
 

@@ -20,7 +20,6 @@ from torch import nn
 from promptdiff.backbone.encoders import text_layers, text_width, vision_layers, vision_width
 from promptdiff.backbone.prompts import ClassPrompts
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.coop import text_settings
 from trainers.maple import (
     DeepTextPrompts,
     MaPLe,
@@ -29,6 +28,7 @@ from trainers.maple import (
     maple_context,
 )
 from trainers.prompt_diffusion import PromptDiffusionMixin
+from trainers.prompted import text_settings
 
 
 class IVLPPromptLearner(DeepTextPrompts):

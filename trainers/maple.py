@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from promptdiff.backbone.encoders import (
@@ -32,9 +31,9 @@ from promptdiff.backbone.encoders import (
 )
 from promptdiff.backbone.prompts import ClassPrompts, context_init
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer, logits_from_features
-from trainers.coop import text_settings
+from trainers.base import ClipPromptTrainer
 from trainers.prompt_diffusion import PromptDiffusionMixin
+from trainers.prompted import PromptedCLIP, text_settings
 
 
 def maple_context(
@@ -121,24 +120,12 @@ class MaPLePromptLearner(DeepTextPrompts):
         )
 
 
-class MultiModalPromptedCLIP(nn.Module):
+class MultiModalPromptedCLIP(PromptedCLIP):
     """Frozen CLIP with prompts in both encoders (MaPLe's coupled ones or IVLP's independent ones:
-    any DeepTextPrompts with `vision_prompts(text_prompts)`); caches the class features per
-    evaluation."""
+    any DeepTextPrompts with `vision_prompts(text_prompts)`); the prompt is the text side [L, n, Dt]."""
 
-    def __init__(
-        self,
-        prompt_learner: DeepTextPrompts,
-        clip_model: nn.Module,
-        chunk_size: int = 0,
-        share_prefix: bool = True,
-    ):
-        super().__init__()
-        self.prompt_learner = prompt_learner
-        self.clip = clip_model
-        self.chunk_size = chunk_size or None
-        self.share_prefix = share_prefix
-        self._text_cache = None
+    def shared_prompt(self) -> torch.Tensor:
+        return self.prompt_learner.text_prompts()
 
     def text_features(
         self,
@@ -149,52 +136,10 @@ class MultiModalPromptedCLIP(nn.Module):
         """Class features [C, E] for prompts [L, n, Dt], or [B, C, E] for [B, L, n, Dt] ([B, k, E]
         for the classes [B, k] given per image)."""
         deep = text_prompts[..., 1:, :, :] if text_prompts.shape[-3] > 1 else None
-        return self.prompt_learner.prompts.features(
-            self.clip,
-            text_prompts[..., 0, :, :],
-            per_sample=per_sample,
-            deep_prompts=deep,
-            chunk_size=self.chunk_size,
-            classes=classes,
-            share_prefix=self.share_prefix,
-        )
+        return super().text_features(text_prompts[..., 0, :, :], per_sample, classes, deep)
 
-    def cache_text_features(self) -> None:
-        with torch.no_grad():
-            self._text_cache = self.text_features(self.prompt_learner.text_prompts())
-
-    def clear_cache(self) -> None:
-        self._text_cache = None
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        learner = self.prompt_learner
-        prompts = learner.text_prompts()
-        text = self._text_cache if self._text_cache is not None else self.text_features(prompts)
-        feats = encode_image(self.clip, image, learner.vision_prompts(prompts))
-        return logits_from_features(self.clip, feats, text)
-
-    # ---- what prompt diffusion needs (see trainers/prompt_diffusion.py) ----
-    def condition(self, image: torch.Tensor) -> torch.Tensor:
-        """The prompt-free, L2-normalised image feature [B, E]."""
-        return F.normalize(encode_image(self.clip, image).float(), dim=-1)
-
-    def base_prompt(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The shared text-side prompts, one copy per image: [B, L, n, Dt]."""
-        prompts = self.prompt_learner.text_prompts()
-        return prompts.unsqueeze(0).expand(cond.shape[0], *prompts.shape)
-
-    def logits_for(
-        self,
-        image: torch.Tensor,
-        cond: torch.Tensor,
-        prompts: torch.Tensor,
-        classes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits [B, C]: per-image text prompts [B, L, n, Dt] and their vision prompts ([B, k]
-        over the classes [B, k] given per image)."""
-        text = self.text_features(prompts, per_sample=True, classes=classes)
-        feats = encode_image(self.clip, image, self.prompt_learner.vision_prompts(prompts))
-        return logits_from_features(self.clip, feats, text)
+    def image_features(self, image: torch.Tensor, prompts: torch.Tensor, cond=None) -> torch.Tensor:
+        return encode_image(self.clip, image, self.prompt_learner.vision_prompts(prompts))
 
 
 @TRAINER_REGISTRY.register()

@@ -6,10 +6,7 @@ trains a conditional diffusion model in prompt space to generate that over-fitte
 noise given the prompt-free image feature. Inference samples each test image's prompt with
 TRAINER.PD.STEPS deterministic ODE steps from seeded noise.
 
-The baseline's model provides three methods and nothing else:
-  condition(image) -> [B, E]              prompt-free L2-normalised image feature
-  base_prompt(image, cond) -> [B, *S]     the prompt being diffused, per image
-  logits_for(image, cond, prompts) -> [B, C]   classify each image with its own prompt
+The baseline's model provides the three hooks of trainers.prompted.DiffusionHooks and nothing else.
 """
 
 from __future__ import annotations
@@ -36,6 +33,7 @@ from promptdiff.engine import count_num_param, distributed
 from promptdiff.host import log
 from trainers.base import accuracy
 from trainers.overfit_classes import overfit_loss_classes
+from trainers.prompted import DiffusionHooks
 
 INFERENCE_MODES = ("sample", "base", "mean")
 # OVERFIT_LR auto tries these multiples of the prompt's rms, smallest first, and keeps the first
@@ -85,6 +83,8 @@ class OverfitStats:
 
 class PromptDiffusionMixin:
     """Mix in before a ClipPromptTrainer subclass: `class CoOpDiff(PromptDiffusionMixin, CoOp)`."""
+
+    model: DiffusionHooks
 
     def check_cfg(self, cfg) -> None:
         super().check_cfg(cfg)
@@ -190,7 +190,7 @@ class PromptDiffusionMixin:
         super().build_model()
         pd = self.cfg.TRAINER.PD
         with torch.no_grad():
-            probe = self.model.base_prompt(None, torch.zeros(1, embed_dim(self.model.clip)))
+            probe = self.model.base_prompt(torch.zeros(1, embed_dim(self.model.clip)))
         self.diffusion = PromptDiffusion(
             tuple(probe.shape[1:]),
             embed_dim(self.model.clip),
@@ -278,7 +278,7 @@ class PromptDiffusionMixin:
         gradients only with TRAINER.PD.UPDATE_BASE."""
         with torch.no_grad():
             cond = self.model.condition(image)
-        base = self.model.base_prompt(image, cond)
+        base = self.model.base_prompt(cond)
         if not self.cfg.TRAINER.PD.UPDATE_BASE:
             base = base.detach()
         return cond, base
@@ -433,7 +433,7 @@ class PromptDiffusionMixin:
             x = self.diffusion.sample(
                 cond.float(), steps=pd.STEPS, sampler=pd.SAMPLER, generator=generator, noise=noise
             )
-        return target_to_prompt(x, self.model.base_prompt(image, cond), pd.TARGET)
+        return target_to_prompt(x, self.model.base_prompt(cond), pd.TARGET)
 
     @torch.no_grad()
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:

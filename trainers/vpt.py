@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
 
@@ -27,8 +26,9 @@ from promptdiff.backbone.encoders import (
 from promptdiff.backbone.loader import _clip
 from promptdiff.backbone.prompts import tokenize
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer, logits_from_features
+from trainers.base import ClipPromptTrainer
 from trainers.prompt_diffusion import PromptDiffusionMixin
+from trainers.prompted import PromptedCLIP
 
 DEFAULT_TEMPLATE = "a photo of a"
 
@@ -90,8 +90,8 @@ class VPTPromptLearner(nn.Module):
         log(f"Vision prompts: {n_ctx} tokens at each of {depth} layers")
 
 
-class VisionPromptedCLIP(nn.Module):
-    """Frozen CLIP with deep vision prompts and fixed class text features.
+class VisionPromptedCLIP(PromptedCLIP):
+    """Frozen CLIP with deep vision prompts (the learner's `ctx`) and fixed class text features.
 
     diffuse_layers (VPTDiff): the prompt diffusion generates the first k layers per image; the
     remaining layers stay the learned shared prompts (0 = all layers).
@@ -105,9 +105,7 @@ class VisionPromptedCLIP(nn.Module):
         template: str,
         diffuse_layers: int = 0,
     ):
-        super().__init__()
-        self.prompt_learner = prompt_learner
-        self.clip = clip_model
+        super().__init__(prompt_learner, clip_model)
         depth = prompt_learner.ctx.shape[0]
         self.diffuse_layers = diffuse_layers or depth
         texts = [f"{template} {name.replace('_', ' ')}." for name in classnames]
@@ -118,19 +116,14 @@ class VisionPromptedCLIP(nn.Module):
         # derived from the classes and the frozen CLIP: never part of a checkpoint
         self.register_buffer("class_text_features", text, persistent=False)
 
-    def image_features(self, image: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+    def text_features(self, *args, **kwargs) -> torch.Tensor:
+        """The fixed class features [C, E], whatever the prompts and options."""
+        return self.class_text_features
+
+    def image_features(self, image: torch.Tensor, prompts=None, cond=None) -> torch.Tensor:
         return encode_image(self.clip, image, prompts)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        feats = self.image_features(image, self.prompt_learner.ctx)
-        return logits_from_features(self.clip, feats, self.class_text_features)
-
-    # ---- what prompt diffusion needs (see trainers/prompt_diffusion.py) ----
-    def condition(self, image: torch.Tensor) -> torch.Tensor:
-        """The prompt-free, L2-normalised image feature [B, E]."""
-        return F.normalize(self.image_features(image, None).float(), dim=-1)
-
-    def base_prompt(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def base_prompt(self, cond: torch.Tensor) -> torch.Tensor:
         """The first diffuse_layers layers of the shared prompts, one copy per image: [B, k, n, Dv]."""
         ctx = self.prompt_learner.ctx[: self.diffuse_layers]
         return ctx.unsqueeze(0).expand(cond.shape[0], *ctx.shape)
@@ -143,8 +136,7 @@ class VisionPromptedCLIP(nn.Module):
         if rest.shape[0]:
             rest = rest.to(prompts.dtype).unsqueeze(0).expand(prompts.shape[0], *rest.shape)
             prompts = torch.cat([prompts, rest], dim=1)
-        feats = self.image_features(image, prompts)
-        return logits_from_features(self.clip, feats, self.class_text_features)
+        return super().logits_for(image, cond, prompts)
 
 
 @TRAINER_REGISTRY.register()
