@@ -23,7 +23,7 @@ from promptdiff.backbone import tiny_clip
 from promptdiff.backbone.encoders import encode_image, encode_text, encode_text_tokens
 from promptdiff.backbone.prompts import ClassPrompts, tokenize
 from promptdiff.diffusion import overfit_per_sample
-from trainers.coop import CoOpPromptLearner, PromptedCLIP
+from trainers.coop import CoOpCLIP, CoOpPromptLearner
 from trainers.overfit_classes import overfit_loss_classes
 
 # CLIP sizes for the rows (save_tiny_clip / tiny_clip keyword arguments). "vit_b16" is ViT-B/16's
@@ -297,7 +297,7 @@ class Bench:
         opts = CN({"N_CTX": 16, "CSC": False, "CTX_INIT": "", "CLASS_TOKEN_POSITION": "end"})
         torch.manual_seed(0)
         learner = CoOpPromptLearner(opts, class_names(n_cls), self.model).to(self.device)
-        model = PromptedCLIP(learner, self.model)
+        model = CoOpCLIP(learner, self.model)
         b = self.images
         res = self.model.visual.input_resolution
         images = torch.randn(b, 3, res, res, generator=torch.Generator().manual_seed(4))
