@@ -22,15 +22,19 @@ SHAPES = ("circle", "square", "triangle", "cross")
 
 
 def class_names(n_classes: int) -> list[str]:
-    """Folder names like red_circle, green_square, ... (at most 24)."""
+    """Folder names red_circle, green_circle, ...; past the 24 colour-shape pairs they repeat
+    with a number (red_circle_2, ...), so any class count has distinct names."""
     names = [f"{c}_{s}" for s in SHAPES for c in COLOURS]
-    if not 1 <= n_classes <= len(names):
-        raise ValueError(f"n_classes must be in 1..{len(names)} (got {n_classes}).")
-    return names[:n_classes]
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1 (got {n_classes}).")
+    return [
+        names[i % len(names)] + (f"_{i // len(names) + 1}" if i >= len(names) else "")
+        for i in range(n_classes)
+    ]
 
 
 def _draw(name: str, size: int, rng: np.random.Generator) -> Image.Image:
-    colour, shape = name.split("_")
+    colour, shape = name.split("_")[:2]
     background = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
     img = Image.fromarray(background)
     draw = ImageDraw.Draw(img)

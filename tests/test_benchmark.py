@@ -191,3 +191,13 @@ def test_tensor_memory_counts_what_a_call_holds_at_its_peak():
         y = x.view(-1)  # a view of an outside tensor allocates nothing
         y.add_(1)
     assert counter.peak == 0
+
+
+def test_synthetic_class_names_stay_distinct_past_the_colour_shape_pairs():
+    from promptdiff.synthetic import class_names
+
+    names = class_names(60)
+    assert len(set(names)) == 60 and names[:24] == class_names(24)
+    assert names[24] == names[0] + "_2" and names[48] == names[0] + "_3"
+    with pytest.raises(ValueError, match="n_classes must be >= 1"):
+        class_names(0)

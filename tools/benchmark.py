@@ -45,13 +45,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 from torch.utils import benchmark  # noqa: E402
 
 from promptdiff.fileio import atomic_write  # noqa: E402
+from promptdiff.synthetic import make_shapes_caltech  # noqa: E402
 from tools.bench_fastpaths import ROW_SIZES, Bench, run_rows  # noqa: E402
 
 # CLIP sizes (keyword arguments of promptdiff.backbone.save_tiny_clip); "tiny" = its defaults
@@ -220,32 +220,6 @@ def _order(key: tuple) -> tuple:
 
 
 # ---- workspace: weights and datasets -------------------------------------------------------------
-def class_names(n: int) -> list[str]:
-    """n distinct folder names of one to three words ("red circle", "red circle 2", ...)."""
-    colours = ("red", "green", "blue", "yellow", "purple", "orange", "black", "white")
-    shapes = ("circle", "square", "triangle", "cross", "star", "ring")
-    base = [f"{c}_{s}" for s in shapes for c in colours]
-    return [
-        base[i % len(base)] + (f"_{i // len(base) + 1}" if i >= len(base) else "") for i in range(n)
-    ]
-
-
-def make_dataset(root: str, n_classes: int, per_class: int = 4, size: int = 32, seed: int = 0):
-    """A Caltech101-layout folder (root/caltech-101/101_ObjectCategories/<class>/*.png) of noise
-    images; 4 per class give the 50/20/30 split 2 train, 1 val, 1 test images per class."""
-    rng = np.random.default_rng(seed)
-    image_dir = os.path.join(root, "caltech-101", "101_ObjectCategories")
-    for name in class_names(n_classes):
-        folder = os.path.join(image_dir, name)
-        os.makedirs(folder, exist_ok=True)
-        for i in range(per_class):
-            path = os.path.join(folder, f"image_{i:04d}.png")
-            if not os.path.exists(path):
-                pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(path)
-    return root
-
-
 def clip_defaults() -> dict:
     """save_tiny_clip's default sizes (those of promptdiff.backbone.tiny_clip)."""
     import inspect
@@ -273,7 +247,9 @@ class Workspace:
         self.layers = int(min(dims["vision_layers"], dims["text_layers"]))
 
     def dataset(self, n_classes: int) -> str:
-        return make_dataset(os.path.join(self.folder, f"data_{n_classes}cls"), n_classes)
+        # 4 images per class: Caltech's 50/20/30 split gives 2 train, 1 val and 1 test each
+        folder = os.path.join(self.folder, f"data_{n_classes}cls")
+        return make_shapes_caltech(folder, n_classes, n_per_class=4)
 
 
 def build(name: str, n_classes: int, ws: Workspace, opts: Options):
