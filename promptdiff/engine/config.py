@@ -156,6 +156,13 @@ def _rename_old_keys(data: dict, path: str) -> None:
         node[leaf] = value
 
 
+def _not_mappings(path: str) -> ConfigError:
+    return ConfigError(
+        f"Config file {path!r} must hold nested 'KEY: value' mappings (as in configs/); "
+        f"it holds something else."
+    )
+
+
 def _load_yaml(path: str):
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {path!r} does not exist; check the path.")
@@ -176,10 +183,7 @@ def merge_file(cfg: CN, path: str, _chain: tuple[str, ...] = ()) -> None:
     mistyped value is one ConfigError naming the file."""
     data = _load_yaml(path)
     if not isinstance(data, dict | None):
-        raise ConfigError(
-            f"Config file {path!r} must hold nested 'KEY: value' mappings (as in configs/); "
-            f"it holds something else."
-        )
+        raise _not_mappings(path)
     data = dict(data or {})
     base = data.pop(BASE_KEY, None)
     if base is not None:
@@ -205,10 +209,7 @@ def merge_file(cfg: CN, path: str, _chain: tuple[str, ...] = ()) -> None:
     try:
         cfg.merge_from_other_cfg(CN(data))
     except (AttributeError, TypeError) as exc:
-        raise ConfigError(
-            f"Config file {path!r} must hold nested 'KEY: value' mappings (as in configs/); "
-            f"it holds something else."
-        ) from exc
+        raise _not_mappings(path) from exc
     except (KeyError, ValueError, AssertionError) as exc:
         raise ConfigError(
             f"Config file {path!r}: {_describe_key_error(exc)}; fix or remove that entry "
