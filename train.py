@@ -98,7 +98,8 @@ def reset_cfg(cfg, args) -> None:
 
 
 def setup_cfg(args):
-    from promptdiff.config import extend_cfg
+    import trainers  # noqa: F401  (registers the trainers and the config keys they declare)
+    from promptdiff.config_keys import extend_cfg
     from promptdiff.engine.config import merge_file, merge_opts
     from promptdiff.host import get_cfg_default
 

@@ -23,7 +23,8 @@ ImageLike = str | os.PathLike | Image.Image
 
 def run_config(run_dir: str):
     """The merged config a training run wrote to RUN/config.yaml, on top of today's defaults."""
-    from promptdiff.config import extend_cfg
+    import trainers  # noqa: F401  (registers the trainers and the config keys they declare)
+    from promptdiff.config_keys import extend_cfg
     from promptdiff.engine.config import merge_file
     from promptdiff.host import get_cfg_default
 

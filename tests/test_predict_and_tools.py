@@ -251,7 +251,7 @@ def test_sweep_rejects_a_baseline_run(coop, capsys):
 
 # ---- item 6: configs --------------------------------------------------------------------------
 def test_every_trainer_config_merges_onto_the_defaults():
-    from promptdiff.config import extend_cfg
+    from promptdiff.config_keys import extend_cfg
     from promptdiff.engine.config import merge_file
     from promptdiff.host import get_cfg_default
 

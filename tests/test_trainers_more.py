@@ -400,6 +400,12 @@ def test_vptdiff_rejects_more_diffused_layers_than_prompt_layers(data, tmp_path)
         _build(_args(data, tmp_path, "VPTDiff", "TRAINER.PD.DIFFUSE_LAYERS", "3"))
 
 
+def test_vpt_baseline_ignores_the_diffusion_layer_count(data, tmp_path):
+    # TRAINER.PD.DIFFUSE_LAYERS is VPTDiff's: the baseline's prompt is always all its layers
+    model = _build(_args(data, tmp_path, "VPT", "TRAINER.PD.DIFFUSE_LAYERS", "1")).model
+    assert model.diffuse_layers == model.prompt_learner.ctx.shape[0] == 2
+
+
 @pytest.mark.parametrize("name", ["CoCoOpDiff", "VPTDiff", "MaPLeDiff", "IVLPDiff"])
 def test_diff_stage2_runs_and_inference_samples_prompts(name, data, runs, tmp_path_factory):
     trainer, out = _trained(runs, data, tmp_path_factory, name)

@@ -117,7 +117,7 @@ def test_bad_pd_key_fails_before_training(
 
 def _pd_check(*opts: str) -> None:
     import trainers  # noqa: F401
-    from promptdiff.config import extend_cfg
+    from promptdiff.config_keys import extend_cfg
     from promptdiff.engine import TRAINER_REGISTRY
 
     cfg = get_cfg_default()

@@ -280,7 +280,7 @@ def build(name: str, n_classes: int, ws: Workspace, opts: Options):
         # stage 1 = epoch 0, stage 2 = epoch 1; *Diff inference samples prompts
         "OPTIM.MAX_EPOCH", "2",
         "TRAINER.PD.STAGE1_EPOCHS", "1",
-        "TRAINER.PD.TEXT_CHUNK", str(opts.text_chunk),
+        "MODEL.TEXT.CHUNK", str(opts.text_chunk),
     ]  # fmt: skip
     if ws.layers < 12:  # the upstream prompt depths (VPT 12, MaPLe 9) need a ViT-B-deep CLIP
         depth = str(ws.layers)
@@ -614,7 +614,7 @@ def build_argparser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, default=d.train_images, help="training batch size")
     p.add_argument("--train-min-time", type=float, default=d.train_min_time)
     p.add_argument(
-        "--text-chunk", type=int, default=d.text_chunk, help="TRAINER.PD.TEXT_CHUNK (0: none)"
+        "--text-chunk", type=int, default=d.text_chunk, help="MODEL.TEXT.CHUNK (0: none)"
     )
     p.add_argument(
         "--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)"

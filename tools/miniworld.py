@@ -83,7 +83,7 @@ DEEP_PROMPT_DEPTHS = {"TRAINER.VPT.PROMPT_DEPTH_VISION": 4, "TRAINER.MAPLE.PROMP
 
 def precision_keys() -> list[str]:
     """The trainer namespaces that have a PREC key (TRAINER.<KEY>.PREC)."""
-    from promptdiff.config import extend_cfg
+    from promptdiff.config_keys import extend_cfg
     from promptdiff.engine.config import get_cfg_default
 
     trainer = extend_cfg(get_cfg_default()).TRAINER

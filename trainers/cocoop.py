@@ -4,7 +4,7 @@ Upstream facts kept here: the meta-net is Linear(E, E // 16) -> ReLU -> Linear(E
 named meta_net.linear1 / meta_net.linear2; its input is the L2-normalised image feature and its
 output is a bias added to every context vector; the context is initialised from CTX_INIT's word
 embeddings (or N(0, 0.02)). Upstream trains with batch 1 and loops over the images of a batch;
-here the whole batch is encoded at once (B x C class prompts, chunked by TRAINER.PD.TEXT_CHUNK),
+here the whole batch is encoded at once (B x C class prompts, chunked by MODEL.TEXT.CHUNK),
 which gives the same logits for any batch size.
 """
 
@@ -17,10 +17,13 @@ from torch import nn
 
 from promptdiff.backbone.encoders import embed_dim, text_width
 from promptdiff.backbone.prompts import ClassPrompts, context_init
+from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.base import ClipPromptTrainer
 from trainers.prompt_diffusion import PromptDiffusionMixin
 from trainers.prompted import PromptedCLIP, text_settings
+
+declare_keys("TRAINER.COCOOP", N_CTX=16, CTX_INIT="", PREC="fp16")
 
 
 class CoCoOpPromptLearner(nn.Module):

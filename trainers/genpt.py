@@ -3,7 +3,7 @@
 Only the abstract is known: soft and hand-crafted prompts are two views of the text modality whose
 mutual information is maximised, and a class-wise augmentation from the visual modality makes the
 prompts robust on unseen classes. Everything else below is a design decision, each a key of
-TRAINER.GENPT (defaults in promptdiff/config.py):
+TRAINER.GENPT (defaults below the imports):
 
 - Soft view: CoOp's shared learnable context [M, D] with the class name at the end (N_CTX,
   CTX_INIT, PREC as in TRAINER.COOP; CoOp's prompt learner and prompted CLIP are reused).
@@ -50,11 +50,29 @@ from torch import nn
 
 from promptdiff.backbone.encoders import embed_dim, encode_text_tokens
 from promptdiff.backbone.prompts import tokenize
+from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.base import ClipPromptTrainer, accuracy, logits_from_features
 from trainers.coop import CoOpCLIP, CoOpPromptLearner
 from trainers.prompt_diffusion import PromptDiffusionMixin
+from trainers.prompted import text_settings
 from trainers.zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
+
+# CoOp's context plus the two terms
+declare_keys(
+    "TRAINER.GENPT",
+    N_CTX=16,
+    CTX_INIT="",
+    PREC="fp16",
+    TEMPLATES=[],  # hand-crafted view; [] = the dataset's template (ZeroshotCLIP's table)
+    MI_WEIGHT=1.0,  # weight of the InfoNCE term between the two views; 0 disables it
+    MI_TEMP=0.07,  # its temperature
+    AUG_MODE="prototype",  # none | mixup (within the batch) | prototype (per-class memory)
+    AUG_STRENGTH=1.0,  # Dirichlet concentration of the mixing weights
+    AUG_SAMPLES=1,  # mixed features per class present in the batch
+    AUG_MEMORY=8,  # prototype: recent features remembered per class
+    ENSEMBLE=0.0,  # inference: weight of the hand-crafted view's logits (0 = soft prompt only)
+)
 
 AUG_MODES = ("none", "mixup", "prototype")
 
@@ -219,7 +237,7 @@ class GenPT(ClipPromptTrainer):
         log(f"Hand-crafted view: {templates}")
         hand = handcrafted_features(clip_model, classnames, templates)
         learner = GenPTPromptLearner(opts, classnames, clip_model)
-        return GenPTCLIP(learner, clip_model, hand, opts.ENSEMBLE, cfg.TRAINER.PD.TEXT_CHUNK)
+        return GenPTCLIP(learner, clip_model, hand, opts.ENSEMBLE, text_settings(cfg)[0])
 
     def filter_loaded_state_dict(self, name: str, state_dict: dict) -> dict:
         # the prototype memory is training state (resuming restores it); a loaded model starts

@@ -19,6 +19,7 @@ from torch import nn
 
 from promptdiff.backbone.encoders import text_layers, text_width, vision_layers, vision_width
 from promptdiff.backbone.prompts import ClassPrompts
+from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.maple import (
     DeepTextPrompts,
@@ -29,6 +30,16 @@ from trainers.maple import (
 )
 from trainers.prompt_diffusion import PromptDiffusionMixin
 from trainers.prompted import text_settings
+
+declare_keys(
+    "TRAINER.IVLP",
+    N_CTX_VISION=2,
+    N_CTX_TEXT=2,
+    CTX_INIT="a photo of a",
+    PREC="fp16",
+    PROMPT_DEPTH_VISION=9,  # 0: no vision prompts (language-only IVLP)
+    PROMPT_DEPTH_TEXT=9,
+)
 
 
 class IVLPPromptLearner(DeepTextPrompts):

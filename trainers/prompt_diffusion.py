@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 
 from promptdiff.backbone.encoders import embed_dim
+from promptdiff.config_keys import declare_keys
 from promptdiff.diffusion import (
     FORMULATIONS,
     OPTIMIZERS,
@@ -36,6 +37,48 @@ from trainers.overfit_classes import overfit_loss_classes
 from trainers.prompted import DiffusionHooks
 
 INFERENCE_MODES = ("sample", "base", "mean")
+
+declare_keys(
+    "TRAINER.PD",
+    # schedule: -1 = the first 80 % of OPTIM.MAX_EPOCH train the baseline, the rest is stage 2
+    STAGE1_EPOCHS=-1,
+    # per-sample overfitting
+    OVERFIT_STEPS=10,
+    # step size, or auto: calibrated on the first stage-2 batch relative to the prompt's rms
+    # (adam moves each element by about lr per step, so a fixed lr means nothing across prompts)
+    OVERFIT_LR="auto",
+    OVERFIT_OPTIM="adam",
+    # what is diffused and how
+    TARGET="residual",  # residual (p* - p) | absolute (p*)
+    FORMULATION="vp",  # vp (DDPM) | flow (rectified flow)
+    SCHEDULE="linear",  # linear | cosine (vp only)
+    TIMESTEPS=100,
+    PREDICTION="x0",  # x0 | eps | v
+    SAMPLER="ddim",  # ddim | euler | heun | dpmpp_2m
+    STEPS=5,
+    NUM_SAMPLES=1,  # M noise draws whose logits are averaged at test time
+    NOISE_SEED=0,
+    # sample (generated prompts) | base (the baseline's prompt alone) | mean (base + mean target)
+    INFERENCE="sample",
+    # denoiser
+    DEPTH=4,
+    WIDTH=256,
+    HEADS=8,
+    DROPOUT=0.1,
+    EMA=0.999,  # 0 disables the EMA copy
+    # stage-2 optimisation
+    LR=1e-3,
+    WEIGHT_DECAY=0.0,
+    DIFF_WEIGHT=10.0,
+    CE_WEIGHT=1.0,  # cross-entropy through the one-step generated prompt; 0 disables it
+    UPDATE_BASE=False,  # keep training the baseline's prompt in stage 2
+    BATCH_SIZE=0,  # stage-2 training batch size; 0 = DATALOADER.TRAIN_X.BATCH_SIZE
+    # VPTDiff: diffuse only the first N prompt layers (0 = all)
+    DIFFUSE_LAYERS=0,
+    # classes in the per-sample over-fitting loss: the true class + the hardest others under the
+    # base prompt; 0, or >= the class count, = all classes (exact)
+    OVERFIT_CLASSES=64,
+)
 # OVERFIT_LR auto tries these multiples of the prompt's rms, smallest first, and keeps the first
 # that over-fits: per-sample accuracy >= CALIBRATION_ACC and a loss CALIBRATION_DROP lower
 OVERFIT_LR_FACTORS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -132,7 +175,6 @@ class PromptDiffusionMixin:
             "WIDTH": 1,
             "HEADS": 1,
             "DIFFUSE_LAYERS": 0,
-            "TEXT_CHUNK": 0,
             "OVERFIT_CLASSES": 0,
             "WEIGHT_DECAY": 0,
             "DIFF_WEIGHT": 0,

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptdiff.backbone.encoders import encode_image
+from promptdiff.config_keys import declare_keys
+from promptdiff.engine.config import rename_key
 from trainers.base import logits_from_features
 
 
@@ -35,9 +37,25 @@ class DiffusionHooks(Protocol):
         ...
 
 
+# how per-image class prompts go through the text encoder (exact either way)
+declare_keys(
+    "MODEL.TEXT",
+    # sequences per text-encoder call (0 = all at once); with gradients each chunk is checkpointed
+    CHUNK=0,
+    # encode the class-independent [SOS] + context prefix once per prompt, not once per class
+    # (CLASS_TOKEN_POSITION end, CoCoOp, MaPLe and their Diff trainers)
+    SHARE_PREFIX=True,
+)
+rename_key("TRAINER.PD.TEXT_CHUNK", "MODEL.TEXT.CHUNK")
+rename_key("TRAINER.PD.TEXT_SHARE_PREFIX", "MODEL.TEXT.SHARE_PREFIX")
+
+
 def text_settings(cfg) -> tuple[int, bool]:
-    """(TEXT_CHUNK, TEXT_SHARE_PREFIX): how per-image class prompts go through the text encoder."""
-    return cfg.TRAINER.PD.TEXT_CHUNK, cfg.TRAINER.PD.TEXT_SHARE_PREFIX
+    """(MODEL.TEXT.CHUNK, MODEL.TEXT.SHARE_PREFIX)."""
+    text = cfg.MODEL.TEXT
+    if text.CHUNK < 0:
+        raise ValueError(f"MODEL.TEXT.CHUNK must be >= 0 (got {text.CHUNK}); 0 = no chunking.")
+    return text.CHUNK, text.SHARE_PREFIX
 
 
 class PromptedCLIP(nn.Module):

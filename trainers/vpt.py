@@ -25,10 +25,15 @@ from promptdiff.backbone.encoders import (
 )
 from promptdiff.backbone.loader import _clip
 from promptdiff.backbone.prompts import tokenize
+from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
 from trainers.base import ClipPromptTrainer
 from trainers.prompt_diffusion import PromptDiffusionMixin
 from trainers.prompted import PromptedCLIP
+
+declare_keys(
+    "TRAINER.VPT", N_CTX_VISION=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=1
+)
 
 DEFAULT_TEMPLATE = "a photo of a"
 
@@ -155,9 +160,7 @@ class VPT(ClipPromptTrainer):
         opts = cfg.TRAINER.VPT
         learner = VPTPromptLearner(opts, clip_model, self.initial_prompts)
         template = opts.CTX_INIT.replace("_", " ").strip() or DEFAULT_TEMPLATE
-        return VisionPromptedCLIP(
-            learner, clip_model, classnames, template, cfg.TRAINER.PD.DIFFUSE_LAYERS
-        )
+        return VisionPromptedCLIP(learner, clip_model, classnames, template)
 
 
 @TRAINER_REGISTRY.register()
@@ -173,3 +176,8 @@ class VPTDiff(PromptDiffusionMixin, VPT):
                 f"TRAINER.PD.DIFFUSE_LAYERS {k} must lie in 0..TRAINER.VPT.PROMPT_DEPTH_VISION "
                 f"({depth}); 0 diffuses all layers."
             )
+
+    def build_prompt_model(self, cfg, classnames, clip_model):
+        model = super().build_prompt_model(cfg, classnames, clip_model)
+        model.diffuse_layers = cfg.TRAINER.PD.DIFFUSE_LAYERS or model.diffuse_layers
+        return model

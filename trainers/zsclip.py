@@ -7,8 +7,11 @@ import torch
 from promptdiff.backbone import cast_for_precision, check_input_size, load_clip
 from promptdiff.backbone.encoders import encode_image, encode_text_tokens
 from promptdiff.backbone.prompts import tokenize
+from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, TrainerX, log
 from trainers.base import logits_from_features
+
+declare_keys("TRAINER.ZSCLIP", PREC="fp16")
 
 CUSTOM_TEMPLATES = {
     "OxfordPets": "a photo of a {}, a type of pet.",

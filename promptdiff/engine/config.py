@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -119,12 +120,55 @@ def _describe_key_error(exc: Exception) -> str:
     return msg[0].lower() + msg[1:] if msg else "invalid key"
 
 
-def merge_file(cfg: CN, path: str) -> None:
-    """Merge a yaml file; an unknown key or mistyped value is one ConfigError naming the file."""
+# a file may name the file it extends: `_BASE_: relative/path.yaml` is merged first
+BASE_KEY = "_BASE_"
+# old dotted key -> its new name; files and options that use the old name still work, with a warning
+RENAMED_KEYS: dict[str, str] = {}
+
+
+def rename_key(old: str, new: str) -> None:
+    """Keep accepting `old` (a dotted key that moved) as a deprecated name of `new`."""
+    RENAMED_KEYS[old] = new
+
+
+def _renamed(key: str, where: str) -> str:
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    print(f"warning: {where}: {key} is deprecated; use {new}.", file=sys.stderr)
+    return new
+
+
+def _rename_old_keys(data: dict, path: str) -> None:
+    """Move every deprecated key of a loaded file's mapping to its new place (in place)."""
+    for old in RENAMED_KEYS:
+        *parents, leaf = old.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *parents, leaf = _renamed(old, f"Config file {path!r}").split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+
+
+def _not_mappings(path: str) -> ConfigError:
+    return ConfigError(
+        f"Config file {path!r} must hold nested 'KEY: value' mappings (as in configs/); "
+        f"it holds something else."
+    )
+
+
+def _load_yaml(path: str):
     if not os.path.isfile(path):
         raise ConfigError(f"Config file {path!r} does not exist; check the path.")
     try:
-        cfg.merge_from_file(path)
+        with open(path) as f:
+            return yaml.safe_load(f)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -132,15 +176,45 @@ def merge_file(cfg: CN, path: str) -> None:
         raise ConfigError(
             f"Config file {path!r}{where} is not valid YAML ({problem}); fix the syntax there."
         ) from exc
+
+
+def merge_file(cfg: CN, path: str, _chain: tuple[str, ...] = ()) -> None:
+    """Merge a yaml file (after the file its `_BASE_` names, recursively); an unknown key or
+    mistyped value is one ConfigError naming the file."""
+    data = _load_yaml(path)
+    if not isinstance(data, dict | None):
+        raise _not_mappings(path)
+    data = dict(data or {})
+    base = data.pop(BASE_KEY, None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(
+                f"Config file {path!r}: {BASE_KEY} must name one yaml file (a path relative to "
+                f"this file); got {base!r}."
+            )
+        base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+        chain = (*_chain, os.path.realpath(path))
+        if os.path.realpath(base_path) in chain:
+            raise ConfigError(
+                f"Config file {path!r}: {BASE_KEY} {base!r} leads back to a file that is "
+                f"already being merged (a cycle); point it at a file that does not extend this one."
+            )
+        if not os.path.isfile(base_path):
+            raise ConfigError(
+                f"Config file {path!r}: its {BASE_KEY} {base_path!r} does not exist; fix that path "
+                f"(it is relative to the file naming it)."
+            )
+        merge_file(cfg, base_path, chain)
+    _rename_old_keys(data, path)
+    try:
+        cfg.merge_from_other_cfg(CN(data))
     except (AttributeError, TypeError) as exc:
-        raise ConfigError(
-            f"Config file {path!r} must hold nested 'KEY: value' mappings (as in configs/); "
-            f"it holds something else."
-        ) from exc
+        raise _not_mappings(path) from exc
     except (KeyError, ValueError, AssertionError) as exc:
         raise ConfigError(
             f"Config file {path!r}: {_describe_key_error(exc)}; fix or remove that entry "
-            f"(the known keys are in promptdiff/engine/config.py and promptdiff/config.py)."
+            f"(the known keys are in promptdiff/engine/config.py and the declare_keys calls in "
+            f"trainers/)."
         ) from exc
 
 
@@ -150,6 +224,7 @@ def merge_opts(cfg: CN, opts: list) -> None:
         raise ConfigError(f"Command-line options must come in KEY VALUE pairs (got {opts}).")
     opts = list(opts)
     for i in range(0, len(opts), 2):
+        opts[i] = _renamed(str(opts[i]), "Command-line option")
         node = cfg
         for part in str(opts[i]).split("."):
             node = node.get(part) if isinstance(node, CN) else None

@@ -13,6 +13,8 @@ import os
 import subprocess
 from typing import Any
 
+from promptdiff.engine.config import RENAMED_KEYS
+
 # Keys that never change what is trained: where things are, how fast, how much is printed, and
 # how the trained model is evaluated (test-time sampling included).
 NOT_RUN_DEFINING = (
@@ -33,7 +35,7 @@ NOT_RUN_DEFINING = (
     "TRAINER.PD.NUM_SAMPLES",
     "TRAINER.PD.NOISE_SEED",
     "TRAINER.PD.INFERENCE",
-    "TRAINER.PD.TEXT_CHUNK",
+    "MODEL.TEXT.CHUNK",
 )
 # Keys an evaluation of a trained model may change: the data it is evaluated on (base2new_test
 # evaluates a base-trained model on the new classes, xd_test on another dataset) and precision.
@@ -77,7 +79,9 @@ def run_record(cfg) -> dict:
 
 
 def differences(saved: dict, current: dict, for_eval: bool = False) -> list[str]:
-    """'KEY: saved -> now' for every run-defining key both configs have and that differs."""
+    """'KEY: saved -> now' for every run-defining key both configs have and that differs (a key
+    saved under an old name is compared under its new one)."""
+    saved = {RENAMED_KEYS.get(k, k): v for k, v in saved.items()}
     out = []
     for key in sorted(set(saved) & set(current)):
         if for_eval and _is_eval_free(key):
