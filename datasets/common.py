@@ -10,6 +10,7 @@ import math
 import os
 import pickle
 import random
+from dataclasses import dataclass
 
 from promptdiff.host import DatasetBase, Datum, log, mkdir_if_missing, read_json, write_json
 from promptdiff.imagefiles import IMAGE_EXTENSIONS, is_image_file  # noqa: F401
@@ -348,6 +349,31 @@ def subsample_classes(*args, subsample: str = "all"):
     return output
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What a dataset needs under DATASET.ROOT (paths relative to it), as its class declares it
+    (`layout()`); tools/check_dataset.py checks it. A file entry may be a tuple of alternatives."""
+
+    folder: str  # the dataset folder
+    dirs: tuple = ()  # folders always required
+    files: tuple = ()  # files always required
+    split: str = ""  # split_zhou_*.json (optional when the dataset can generate it)
+    split_prefix: str = ""  # the folder the split's paths are relative to
+    build_files: tuple = ()  # needed only while the split file is absent
+    build_dirs: tuple = ()
+    class_dirs: tuple = ()  # folders that must hold one sub-folder per class
+    build_class_dirs: tuple = ()  # the same, only while the split file is absent
+    lists: tuple = ()  # official lists "<id> ..." naming images/<id>.jpg (FGVCAircraft)
+    classnames: tuple = ()  # classnames.txt alternatives whose every class needs a folder in
+    all_class_dirs: tuple = ()  # these (<wnid>/, or <0..N-1>/ when numbered)
+    numbered: bool = False
+
+
+def split_file_name(cls: type) -> str:
+    """split_zhou_<Name>.json, the split file of the dataset class cls."""
+    return f"split_zhou_{cls.__name__}.json"
+
+
 def dataset_folder(cfg, name: str) -> str:
     """DATASET.ROOT/<name>, which must exist."""
     root = os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT))
@@ -366,6 +392,32 @@ class CoOpDataset(DatasetBase):
     image_subdir: str | None = None
     IGNORED: tuple = ()
     NEW_CNAMES: dict | None = None
+    # what `build_split` reads, relative to the dataset folder (needed while the split file is
+    # absent); a tuple entry lists alternatives
+    BUILD_FILES: tuple = ()
+    BUILD_DIRS: tuple = ()
+
+    @classmethod
+    def layout(cls) -> Layout:
+        """The split file, its image folder and what `build_split` reads without it."""
+        folder = cls.dataset_dir
+        prefix = os.path.join(folder, cls.image_subdir) if cls.image_subdir else folder
+
+        def under(entry):
+            if isinstance(entry, tuple):
+                return tuple(os.path.join(folder, e) for e in entry)
+            return os.path.join(folder, entry)
+
+        per_class_folders = cls.build_split is CoOpDataset.build_split
+        return Layout(
+            folder=folder,
+            dirs=(prefix,) if cls.image_subdir else (),
+            split=os.path.join(folder, split_file_name(cls)),
+            split_prefix=prefix,
+            build_files=tuple(under(e) for e in cls.BUILD_FILES),
+            build_dirs=tuple(under(e) for e in cls.BUILD_DIRS),
+            build_class_dirs=(prefix,) if per_class_folders else (),
+        )
 
     def __init__(self, cfg):
         self.sort_listing = sorted_listing(cfg)
@@ -373,7 +425,7 @@ class CoOpDataset(DatasetBase):
         self.image_dir = self.dataset_dir
         if self.image_subdir:
             self.image_dir = require_dir(os.path.join(self.dataset_dir, self.image_subdir))
-        self.split_path = os.path.join(self.dataset_dir, f"split_zhou_{type(self).__name__}.json")
+        self.split_path = os.path.join(self.dataset_dir, split_file_name(type(self)))
         if os.path.exists(self.split_path):
             train, val, test = read_split(self.split_path, self.image_dir)
         else:

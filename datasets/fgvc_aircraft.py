@@ -1,7 +1,9 @@
 import os
 
 from datasets.common import (
+    SPLITS,
     CoOpDataset,
+    Layout,
     check_images,
     dataset_folder,
     make_datum,
@@ -17,17 +19,31 @@ class FGVCAircraft(CoOpDataset):
     number) and images_variant_{train,val,test}.txt (lines "<id> <variant>"); no split JSON."""
 
     dataset_dir = "fgvc_aircraft"
+    image_subdir = "images"
+    CLASS_FILE = "variants.txt"
+    LISTS = tuple(f"images_variant_{split}.txt" for split in SPLITS)
+
+    @classmethod
+    def layout(cls) -> Layout:
+        """The images folder, variants.txt and the three official lists (no split file)."""
+        lists = tuple(os.path.join(cls.dataset_dir, f) for f in cls.LISTS)
+        image_dir = os.path.join(cls.dataset_dir, cls.image_subdir)
+        return Layout(
+            folder=cls.dataset_dir,
+            dirs=(image_dir,),
+            files=(os.path.join(cls.dataset_dir, cls.CLASS_FILE), *lists),
+            split_prefix=image_dir,
+            lists=lists,
+        )
 
     def __init__(self, cfg):
         self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
-        self.image_dir = require_dir(os.path.join(self.dataset_dir, "images"))
-        variants = require_file(os.path.join(self.dataset_dir, "variants.txt"), "class-name file")
+        self.image_dir = require_dir(os.path.join(self.dataset_dir, self.image_subdir))
+        variants = require_file(os.path.join(self.dataset_dir, self.CLASS_FILE), "class-name file")
         with open(variants) as f:
             classnames = [line.strip() for line in f if line.strip()]
         cname2lab = {c: i for i, c in enumerate(classnames)}
-        train = self.read_data(cname2lab, "images_variant_train.txt")
-        val = self.read_data(cname2lab, "images_variant_val.txt")
-        test = self.read_data(cname2lab, "images_variant_test.txt")
+        train, val, test = (self.read_data(cname2lab, f) for f in self.LISTS)
         self.finalize(cfg, train, val, test)
 
     def read_data(self, cname2lab: dict, split_file: str) -> list:

@@ -2,6 +2,7 @@ import os
 
 from datasets.common import (
     CoOpDataset,
+    Layout,
     check_images,
     dataset_folder,
     list_images,
@@ -25,10 +26,17 @@ def read_classnames(text_file: str) -> dict[str, str]:
     return classnames
 
 
+CLASSNAMES_FILE = "classnames.txt"
+
+
+def classnames_alternatives(dataset_dir: str) -> tuple[str, str]:
+    """The variant's own classnames.txt (upstream's place), else ImageNet's; relative to the root."""
+    return os.path.join(dataset_dir, CLASSNAMES_FILE), os.path.join("imagenet", CLASSNAMES_FILE)
+
+
 def find_classnames(root: str, dataset_dir: str) -> str:
-    """The variant's own classnames.txt (upstream's place), else DATASET.ROOT/imagenet/classnames.txt."""
-    own = os.path.join(dataset_dir, "classnames.txt")
-    fallback = os.path.join(root, "imagenet", "classnames.txt")
+    """The first existing of classnames_alternatives(dataset_dir) under DATASET.ROOT root."""
+    own, fallback = (os.path.join(root, p) for p in classnames_alternatives(dataset_dir))
     for path in (own, fallback):
         if os.path.isfile(path):
             return path
@@ -101,6 +109,22 @@ class ImageNetTestOnly(DatasetBase):
     dataset_dir = ""
     image_subdir = ""
     ALL_CLASSES = True  # False: the folders are a subset of classnames.txt (ImageNet-A/-R)
+    NUMBERED = False  # True: class folders are 0..N-1, the line numbers of classnames.txt
+
+    @classmethod
+    def layout(cls) -> Layout:
+        """The image folder of class folders and a classnames.txt (its own or ImageNet's)."""
+        image_dir = os.path.join(cls.dataset_dir, cls.image_subdir)
+        classnames = classnames_alternatives(cls.dataset_dir)
+        return Layout(
+            folder=cls.dataset_dir,
+            dirs=(image_dir,),
+            files=(classnames,),
+            class_dirs=(image_dir,),
+            classnames=classnames if cls.ALL_CLASSES else (),
+            all_class_dirs=(image_dir,) if cls.ALL_CLASSES else (),
+            numbered=cls.NUMBERED,
+        )
 
     def __init__(self, cfg):
         self.sort_listing = sorted_listing(cfg)
@@ -108,7 +132,7 @@ class ImageNetTestOnly(DatasetBase):
         self.image_dir = require_dir(
             os.path.join(self.dataset_dir, self.image_subdir), "image folder"
         )
-        text_file = find_classnames(os.path.dirname(self.dataset_dir), self.dataset_dir)
+        text_file = find_classnames(os.path.dirname(self.dataset_dir), type(self).dataset_dir)
         data = self.read_data(read_classnames(text_file), text_file)
         if cfg.DATASET.NUM_SHOTS >= 1 or cfg.DATASET.SUBSAMPLE_CLASSES != "all":
             log(
@@ -129,17 +153,31 @@ class ImageNet(CoOpDataset):
     (and the val split, as upstream); few-shot subsets are drawn from train only."""
 
     dataset_dir = "imagenet"
+    image_subdir = "images"
+    SPLIT_DIRS = ("train", "val")
+
+    @classmethod
+    def layout(cls) -> Layout:
+        """images/train and images/val with a class folder for every line of classnames.txt."""
+        dirs = tuple(os.path.join(cls.dataset_dir, cls.image_subdir, d) for d in cls.SPLIT_DIRS)
+        classnames = os.path.join(cls.dataset_dir, CLASSNAMES_FILE)
+        return Layout(
+            folder=cls.dataset_dir,
+            dirs=dirs,
+            files=(classnames,),
+            class_dirs=dirs,
+            classnames=(classnames,),
+            all_class_dirs=dirs,
+        )
 
     def __init__(self, cfg):
         self.sort_listing = sorted_listing(cfg)
         self.dataset_dir = dataset_folder(cfg, type(self).dataset_dir)
-        self.image_dir = require_dir(os.path.join(self.dataset_dir, "images"))
-        train_dir = require_dir(os.path.join(self.image_dir, "train"), "image folder")
-        text_file = require_file(
-            os.path.join(self.dataset_dir, "classnames.txt"), "class-name file"
-        )
+        self.image_dir = require_dir(os.path.join(self.dataset_dir, self.image_subdir))
+        train_dir, val_dir = (os.path.join(self.image_dir, d) for d in self.SPLIT_DIRS)
+        require_dir(train_dir, "image folder")
+        text_file = require_file(os.path.join(self.dataset_dir, CLASSNAMES_FILE), "class-name file")
         classnames = read_classnames(text_file)
-        val_dir = os.path.join(self.image_dir, "val")
         val_folders, test = read_class_folders(
             val_dir, classnames, text_file, sort=self.sort_listing
         )

@@ -12,6 +12,7 @@ class ImageNetV2(ImageNetTestOnly):
 
     dataset_dir = "imagenetv2"
     image_subdir = "imagenetv2-matched-frequency-format-val"
+    NUMBERED = True
 
     def read_data(self, classnames: dict, text_file: str) -> list:
         items = []

@@ -6,7 +6,15 @@ first: `python tools/miniworld.py build --root DATA`."""
 
 import os
 
-from datasets.common import CoOpDataset, dataset_folder, read_split, require_file, subsample_classes
+from datasets.common import (
+    CoOpDataset,
+    Layout,
+    dataset_folder,
+    read_split,
+    require_file,
+    split_file_name,
+    subsample_classes,
+)
 from promptdiff.host import DATASET_REGISTRY, DatasetBase
 from promptdiff.miniworld import DATASET_DIR, DOMAINS, SOURCE, domain_dataset_name
 
@@ -28,11 +36,25 @@ class MiniWorldDomain(DatasetBase):
     """A shifted domain of the world: its test images only (train_x = test, no val).
     DATASET.SUBSAMPLE_CLASSES applies (base / new halves of the same classes); NUM_SHOTS does not."""
 
+    dataset_dir = DATASET_DIR
+    image_subdir = "images"
+
+    @classmethod
+    def layout(cls) -> Layout:
+        """The world's images folder and this domain's split file (the builder writes both)."""
+        image_dir = os.path.join(cls.dataset_dir, cls.image_subdir)
+        return Layout(
+            folder=cls.dataset_dir,
+            dirs=(image_dir,),
+            split=os.path.join(cls.dataset_dir, split_file_name(cls)),
+            split_prefix=image_dir,
+        )
+
     def __init__(self, cfg):
-        folder = dataset_folder(cfg, DATASET_DIR)
-        split = os.path.join(folder, f"split_zhou_{type(self).__name__}.json")
+        folder = dataset_folder(cfg, self.dataset_dir)
+        split = os.path.join(folder, split_file_name(type(self)))
         require_file(split, f"split file ({BUILD_HINT})")
-        _, _, test = read_split(split, os.path.join(folder, "images"))
+        _, _, test = read_split(split, os.path.join(folder, self.image_subdir))
         (test,) = subsample_classes(test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
         super().__init__(train_x=test, test=test)
 

@@ -20,12 +20,12 @@ class OxfordFlowers(CoOpDataset):
 
     dataset_dir = "oxford_flowers"
     image_subdir = "jpg"
+    BUILD_FILES = ("imagelabels.mat", "cat_to_name.json")
 
     def build_split(self) -> tuple[list, list, list]:
         """Image i (1-based) has labels[i - 1]; per label in order of first appearance shuffle,
         then 50% train, 20% val, rest test (upstream's RNG order)."""
-        label_file = os.path.join(self.dataset_dir, "imagelabels.mat")
-        names_file = os.path.join(self.dataset_dir, "cat_to_name.json")
+        label_file, names_file = (os.path.join(self.dataset_dir, f) for f in self.BUILD_FILES)
         labels = loadmat(require_file(label_file, f"label file {WHY}"))["labels"][0]
         lab2cname = read_json(require_file(names_file, f"class-name file {WHY}"))
         tracker: dict[int, list[str]] = {}

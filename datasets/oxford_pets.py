@@ -16,11 +16,13 @@ class OxfordPets(CoOpDataset):
 
     dataset_dir = "oxford_pets"
     image_subdir = "images"
+    BUILD_FILES = (
+        os.path.join("annotations", "trainval.txt"),
+        os.path.join("annotations", "test.txt"),
+    )
 
     def build_split(self) -> tuple[list, list, list]:
-        self.anno_dir = os.path.join(self.dataset_dir, "annotations")
-        trainval = self.read_data("trainval.txt")
-        test = self.read_data("test.txt")
+        trainval, test = (self.read_data(f) for f in self.BUILD_FILES)
         train, val = split_trainval(trainval)
         return train, val, test
 
@@ -28,7 +30,7 @@ class OxfordPets(CoOpDataset):
         """Lines "<image name> <class id> <species> <breed id>"; the breed is the lower-cased
         image name without its trailing _<number>, the label is class id - 1."""
         filepath = require_file(
-            os.path.join(self.anno_dir, split_file),
+            os.path.join(self.dataset_dir, split_file),
             "annotation file (needed while split_zhou_OxfordPets.json is absent)",
         )
         items = []

@@ -21,17 +21,25 @@ class StanfordCars(CoOpDataset):
     cars_test_annos_withlabels.mat and devkit/cars_meta.mat."""
 
     dataset_dir = "stanford_cars"
+    BUILD_DIRS = ("cars_train", "cars_test")
+    BUILD_FILES = (
+        os.path.join("devkit", "cars_train_annos.mat"),
+        # the test labels came separately: beside devkit/ or inside it
+        (
+            "cars_test_annos_withlabels.mat",
+            os.path.join("devkit", "cars_test_annos_withlabels.mat"),
+        ),
+        os.path.join("devkit", "cars_meta.mat"),
+    )
 
     def build_split(self) -> tuple[list, list, list]:
-        devkit = os.path.join(self.dataset_dir, "devkit")
-        meta = require_file(os.path.join(devkit, "cars_meta.mat"), f"class-name file {WHY}")
-        test_anno = os.path.join(self.dataset_dir, "cars_test_annos_withlabels.mat")
-        if not os.path.isfile(test_anno) and os.path.isfile(
-            os.path.join(devkit, "cars_test_annos_withlabels.mat")
-        ):
-            test_anno = os.path.join(devkit, "cars_test_annos_withlabels.mat")
-        trainval = self.read_data("cars_train", os.path.join(devkit, "cars_train_annos.mat"), meta)
-        test = self.read_data("cars_test", test_anno, meta)
+        train_anno, test_annos, meta = self.BUILD_FILES
+        train_dir, test_dir = self.BUILD_DIRS
+        meta = require_file(os.path.join(self.dataset_dir, meta), f"class-name file {WHY}")
+        test_annos = [os.path.join(self.dataset_dir, f) for f in test_annos]
+        test_anno = next((f for f in test_annos if os.path.isfile(f)), test_annos[0])
+        trainval = self.read_data(train_dir, os.path.join(self.dataset_dir, train_anno), meta)
+        test = self.read_data(test_dir, test_anno, meta)
         train, val = split_trainval(trainval)
         return train, val, test
 

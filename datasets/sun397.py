@@ -18,13 +18,15 @@ class SUN397(CoOpDataset):
 
     dataset_dir = "sun397"
     image_subdir = "SUN397"
+    BUILD_FILES = ("ClassName.txt", "Training_01.txt", "Testing_01.txt")
 
     def build_split(self) -> tuple[list, list, list]:
+        class_file, train_file, test_file = self.BUILD_FILES
         # lines "/a/abbey": the class is the path without its leading "/"
-        classnames = [line[1:] for line in self.read_lines("ClassName.txt")]
+        classnames = [line[1:] for line in self.read_lines(class_file)]
         cname2lab = {c: i for i, c in enumerate(classnames)}
-        trainval = self.read_data(cname2lab, "Training_01.txt")
-        test = self.read_data(cname2lab, "Testing_01.txt")
+        trainval = self.read_data(cname2lab, train_file)
+        test = self.read_data(cname2lab, test_file)
         train, val = split_trainval(trainval)
         return train, val, test
 

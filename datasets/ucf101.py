@@ -26,26 +26,31 @@ class UCF101(CoOpDataset):
 
     dataset_dir = "ucf101"
     image_subdir = "UCF-101-midframes"
+    BUILD_FILES = tuple(
+        os.path.join("ucfTrainTestlist", f)
+        for f in ("classInd.txt", "trainlist01.txt", "testlist01.txt")
+    )
 
     def build_split(self) -> tuple[list, list, list]:
+        class_file, train_file, test_file = self.BUILD_FILES
         cname2lab = {}
-        for line in self.read_lines("classInd.txt"):  # "1 ApplyEyeMakeup", 1-based
+        for line in self.read_lines(class_file):  # "1 ApplyEyeMakeup", 1-based
             label, action = line.split(" ")
             cname2lab[action] = int(label) - 1
-        trainval = self.read_data(cname2lab, "trainlist01.txt")
-        test = self.read_data(cname2lab, "testlist01.txt")
+        trainval = self.read_data(cname2lab, train_file)
+        test = self.read_data(cname2lab, test_file)
         train, val = split_trainval(trainval)
         return train, val, test
 
     def read_lines(self, name: str) -> list[str]:
-        path = os.path.join(self.dataset_dir, "ucfTrainTestlist", name)
+        path = os.path.join(self.dataset_dir, name)
         with open(require_file(path, f"split list {WHY}")) as f:
             return [line.strip() for line in f if line.strip()]
 
     def read_data(self, cname2lab: dict, text_file: str) -> list:
         """Lines "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi[ 1]" -> the video's .jpg frame, which
         lies in the renamed action's folder (Apply_Eye_Makeup/v_ApplyEyeMakeup_g08_c01.jpg)."""
-        source = os.path.join(self.dataset_dir, "ucfTrainTestlist", text_file)
+        source = os.path.join(self.dataset_dir, text_file)
         items = []
         for line in self.read_lines(text_file):
             action, filename = line.split(" ")[0].split("/")

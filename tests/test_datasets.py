@@ -13,7 +13,7 @@ import pytest
 from synthetic_layouts import LAYOUTS
 
 import datasets  # noqa: F401  (registers every dataset)
-from datasets.common import read_split, save_split
+from datasets.common import Layout, read_split, save_split
 from promptdiff.engine import DATASET_REGISTRY, get_cfg_default, set_random_seed
 from promptdiff.engine.registry import build_dataset
 from tools import check_dataset
@@ -181,13 +181,12 @@ def run_checker(capsys, root, *names):
 # registry and configs
 
 
-def test_every_dataset_has_a_config_a_layout_and_a_checker_entry():
+def test_every_dataset_has_a_config_and_a_synthetic_layout():
     from promptdiff.miniworld import DOMAINS, domain_dataset_name
 
     names = set(DATASET_REGISTRY.registered_names())
     miniworld = {domain_dataset_name(d) for d in DOMAINS}
     assert set(LAYOUTS) <= names and len(LAYOUTS) == 15 and miniworld <= names
-    assert set(check_dataset.LAYOUTS) == set(LAYOUTS) | miniworld
     configs = check_dataset.config_names()
     assert len(configs) == 15 + len(miniworld)
     assert set(configs.values()) == set(LAYOUTS) | miniworld
@@ -195,6 +194,23 @@ def test_every_dataset_has_a_config_a_layout_and_a_checker_entry():
     assert configs["imagenet_sketch"] == "ImageNetSketch" and configs["imagenetv2"] == "ImageNetV2"
     with open(os.path.join(REPO_ROOT, "configs", "datasets", "fgvc_aircraft.yaml")) as f:
         assert f.read() == 'DATASET:\n  NAME: "FGVCAircraft"\n'
+
+
+def test_every_registered_dataset_declares_its_files():
+    """The checker knows a dataset only through its class's layout(): one without it would be
+    left out of `all`, so every registered dataset must declare one, in its own folder."""
+    names = DATASET_REGISTRY.registered_names()
+    for name in names:
+        cls = DATASET_REGISTRY.get(name)
+        assert callable(getattr(cls, "layout", None)), f"{name} declares no layout()"
+        layout = cls.layout()
+        assert isinstance(layout, Layout) and layout.folder == cls.dataset_dir, name
+        paths = [*layout.dirs, *layout.files, layout.split, *layout.build_files, *layout.lists]
+        flat = [p for e in paths for p in (e if isinstance(e, tuple) else (e,)) if p]
+        assert flat, f"{name} declares no folder or file"
+        own = [p for p in flat if p.startswith(layout.folder + os.sep)]
+        assert own, f"{name} declares nothing inside {layout.folder}"
+    assert list(check_dataset.layouts()) == names
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Check that datasets are laid out under DATASET.ROOT as the dataset classes expect.
+"""Check that datasets are laid out under DATASET.ROOT as each dataset class declares (`layout()`).
 
     python tools/check_dataset.py --root DATA oxford_pets StanfordCars
     python tools/check_dataset.py --root DATA all
@@ -17,175 +17,31 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)  # run from a checkout without installing anything
 
+import yaml  # noqa: E402
+
+import datasets  # noqa: E402, F401  (registers every dataset)
+from datasets.common import Layout  # noqa: E402
+from promptdiff.host import DATASET_REGISTRY  # noqa: E402
 from promptdiff.imagefiles import is_image_file  # noqa: E402
-from promptdiff.miniworld import DATASET_DIR as MINIWORLD_DIR  # noqa: E402
-from promptdiff.miniworld import DOMAINS as MINIWORLD_DOMAINS  # noqa: E402
-from promptdiff.miniworld import domain_dataset_name  # noqa: E402
 
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "datasets")
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Paths relative to DATASET.ROOT. A file entry may be a tuple of alternatives (any one)."""
+def layouts() -> dict[str, Layout]:
+    """Every registered dataset that declares its files (`layout()`), by name.
 
-    folder: str  # the dataset folder
-    dirs: tuple = ()  # folders always required
-    files: tuple = ()  # files always required
-    split: str = ""  # split_zhou_*.json (optional: generated on the first run when absent)
-    split_prefix: str = ""  # the folder the split's paths are relative to
-    build_files: tuple = ()  # needed only while the split file is absent
-    build_dirs: tuple = ()
-    class_dirs: tuple = ()  # folders that must hold one sub-folder per class
-    build_class_dirs: tuple = ()  # the same, only while the split file is absent
-    lists: tuple = ()  # FGVCAircraft: official lists "<id> <variant>" -> images/<id>.jpg
-    classnames: tuple = ()  # classnames.txt alternatives whose every class needs a folder in
-    all_class_dirs: tuple = ()  # these (<wnid>/, or <0..N-1>/ when numbered)
-    numbered: bool = False
-
-
-def _split(folder: str, name: str, image_subdir: str = "", **kw) -> Layout:
-    prefix = os.path.join(folder, image_subdir) if image_subdir else folder
-    dirs = (prefix,) if image_subdir else ()
-    return Layout(
-        folder=folder,
-        dirs=dirs,
-        split=os.path.join(folder, f"split_zhou_{name}.json"),
-        split_prefix=prefix,
-        **kw,
-    )
-
-
-def _folder_per_class(folder: str, name: str, image_subdir: str) -> Layout:
-    return _split(
-        folder, name, image_subdir, build_class_dirs=(os.path.join(folder, image_subdir),)
-    )
-
-
-def _imagenet_variant(
-    folder: str, image_subdir: str, all_classes: bool = True, numbered: bool = False
-) -> Layout:
-    image_dir = os.path.join(folder, image_subdir)
-    classnames = (
-        os.path.join(folder, "classnames.txt"),
-        os.path.join("imagenet", "classnames.txt"),
-    )
-    return Layout(
-        folder=folder,
-        dirs=(image_dir,),
-        files=(classnames,),
-        class_dirs=(image_dir,),
-        classnames=classnames if all_classes else (),
-        all_class_dirs=(image_dir,) if all_classes else (),
-        numbered=numbered,
-    )
-
-
-FGVC_LISTS = tuple(
-    os.path.join("fgvc_aircraft", f"images_variant_{s}.txt") for s in ("train", "val", "test")
-)
-
-LAYOUTS = {
-    "Caltech101": _folder_per_class("caltech-101", "Caltech101", "101_ObjectCategories"),
-    "OxfordPets": _split(
-        "oxford_pets",
-        "OxfordPets",
-        "images",
-        build_files=(
-            os.path.join("oxford_pets", "annotations", "trainval.txt"),
-            os.path.join("oxford_pets", "annotations", "test.txt"),
-        ),
-    ),
-    "StanfordCars": _split(
-        "stanford_cars",
-        "StanfordCars",
-        build_dirs=(
-            os.path.join("stanford_cars", "cars_train"),
-            os.path.join("stanford_cars", "cars_test"),
-        ),
-        build_files=(
-            os.path.join("stanford_cars", "devkit", "cars_train_annos.mat"),
-            (
-                os.path.join("stanford_cars", "cars_test_annos_withlabels.mat"),
-                os.path.join("stanford_cars", "devkit", "cars_test_annos_withlabels.mat"),
-            ),
-            os.path.join("stanford_cars", "devkit", "cars_meta.mat"),
-        ),
-    ),
-    "OxfordFlowers": _split(
-        "oxford_flowers",
-        "OxfordFlowers",
-        "jpg",
-        build_files=(
-            os.path.join("oxford_flowers", "imagelabels.mat"),
-            os.path.join("oxford_flowers", "cat_to_name.json"),
-        ),
-    ),
-    "Food101": _folder_per_class("food-101", "Food101", "images"),
-    "FGVCAircraft": Layout(
-        folder="fgvc_aircraft",
-        dirs=(os.path.join("fgvc_aircraft", "images"),),
-        files=(os.path.join("fgvc_aircraft", "variants.txt"), *FGVC_LISTS),
-        lists=FGVC_LISTS,
-    ),
-    "SUN397": _split(
-        "sun397",
-        "SUN397",
-        "SUN397",
-        build_files=tuple(
-            os.path.join("sun397", f)
-            for f in ("ClassName.txt", "Training_01.txt", "Testing_01.txt")
-        ),
-    ),
-    "DescribableTextures": _folder_per_class("dtd", "DescribableTextures", "images"),
-    "EuroSAT": _folder_per_class("eurosat", "EuroSAT", "2750"),
-    "UCF101": _split(
-        "ucf101",
-        "UCF101",
-        "UCF-101-midframes",
-        build_files=tuple(
-            os.path.join("ucf101", "ucfTrainTestlist", f)
-            for f in ("classInd.txt", "trainlist01.txt", "testlist01.txt")
-        ),
-    ),
-    "ImageNet": Layout(
-        folder="imagenet",
-        dirs=(
-            os.path.join("imagenet", "images", "train"),
-            os.path.join("imagenet", "images", "val"),
-        ),
-        files=(os.path.join("imagenet", "classnames.txt"),),
-        class_dirs=(
-            os.path.join("imagenet", "images", "train"),
-            os.path.join("imagenet", "images", "val"),
-        ),
-        classnames=(os.path.join("imagenet", "classnames.txt"),),
-        all_class_dirs=(
-            os.path.join("imagenet", "images", "train"),
-            os.path.join("imagenet", "images", "val"),
-        ),
-    ),
-    "ImageNetV2": _imagenet_variant(
-        "imagenetv2", "imagenetv2-matched-frequency-format-val", numbered=True
-    ),
-    "ImageNetSketch": _imagenet_variant("imagenet-sketch", "images"),
-    # the 200-class sets: their folders are a subset of classnames.txt
-    "ImageNetA": _imagenet_variant("imagenet-adversarial", "imagenet-a", all_classes=False),
-    "ImageNetR": _imagenet_variant("imagenet-rendition", "imagenet-r", all_classes=False),
-}
-# the miniature world's domains (written, split files included, by tools/miniworld.py build)
-LAYOUTS.update(
-    {
-        domain_dataset_name(d): _split(MINIWORLD_DIR, domain_dataset_name(d), "images")
-        for d in MINIWORLD_DOMAINS
-    }
-)
+    Under --host dassl the registry also holds Dassl's own datasets, which declare nothing."""
+    out = {}
+    for name in DATASET_REGISTRY.registered_names():
+        layout = getattr(DATASET_REGISTRY.get(name), "layout", None)
+        if layout is not None:
+            out[name] = layout()
+    return out
 
 
 def config_names() -> dict[str, str]:
@@ -196,29 +52,30 @@ def config_names() -> dict[str, str]:
     for fname in sorted(os.listdir(CONFIG_DIR)):
         if fname.endswith(".yaml"):
             with open(os.path.join(CONFIG_DIR, fname)) as f:
-                for line in f:
-                    key, _, value = line.strip().partition(":")
-                    if key == "NAME":
-                        names[fname[: -len(".yaml")]] = value.strip().strip("\"'")
+                cfg = yaml.safe_load(f) or {}
+            name = (cfg.get("DATASET") or {}).get("NAME")
+            if name:
+                names[fname[: -len(".yaml")]] = str(name)
     return names
 
 
 def resolve(names: list[str]) -> list[str]:
     """Registered names in the order asked (duplicates dropped); unknown names raise ValueError."""
-    by_lower = {n.lower(): n for n in LAYOUTS}
+    known = layouts()
+    by_lower = {n.lower(): n for n in known}
     by_config = {k.lower(): v for k, v in config_names().items()}
     out = []
     for name in names:
         key = name.lower()
         if key == "all":
-            found = list(LAYOUTS)
+            found = list(known)
         elif key in by_lower:
             found = [by_lower[key]]
-        elif key in by_config and by_config[key] in LAYOUTS:
+        elif key in by_config and by_config[key] in known:
             found = [by_config[key]]
         else:
             raise ValueError(
-                f"Unknown dataset {name!r}; use a registered name ({', '.join(LAYOUTS)}), a config "
+                f"Unknown dataset {name!r}; use a registered name ({', '.join(known)}), a config "
                 f"name from configs/datasets/ or 'all'."
             )
         out += [n for n in found if n not in out]
@@ -331,14 +188,14 @@ def listed_images(root: str, layout: Layout) -> tuple[str, list[str]] | None:
             if os.path.isfile(path):
                 with open(path) as f:
                     ids = [line.split(" ", 1)[0] for line in f if line.strip()]
-                paths += [os.path.join(root, layout.folder, "images", i + ".jpg") for i in ids]
+                paths += [os.path.join(root, layout.split_prefix, i + ".jpg") for i in ids]
         return "the images_variant_*.txt lists", paths
     return None
 
 
 def check(root: str, name: str, sample: int = 0) -> tuple[list[str], list[str]]:
     """(missing, notes) for one dataset; ready when `missing` is empty."""
-    layout = LAYOUTS[name]
+    layout = DATASET_REGISTRY.get(name).layout()
     folder = os.path.join(root, layout.folder)
     if not os.path.isdir(folder):
         return [f"folder {folder} (the whole dataset)"], []
