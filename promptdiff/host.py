@@ -90,7 +90,6 @@ elif HOST == "dassl":
         filter_loaded_state_dict = _builtin.TrainerBase.filter_loaded_state_dict
         # what load_model and write_results use: strict loads, trainer and run checks
         load_state_strict = _builtin.TrainerBase.load_state_strict
-        model_state_dict = _builtin.TrainerBase.model_state_dict
         check_trainer = _builtin.SimpleTrainer.check_trainer
         accepts_checkpoint_of = _builtin.SimpleTrainer.accepts_checkpoint_of
         check_run_identity = _builtin.SimpleTrainer.check_run_identity

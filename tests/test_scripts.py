@@ -91,16 +91,13 @@ def results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
-def test_counts(setup: dict) -> tuple[int, int, int]:
+def split_test_counts(setup: dict) -> tuple[int, int, int]:
     """Test images of the base classes, of the new classes, and in all (from the saved split)."""
     split = Path(setup["data"]) / "caltech-101" / "split_zhou_Caltech101.json"
     labels = [item[1] for item in json.loads(split.read_text())["test"]]
     m = math.ceil(len(set(labels)) / 2)  # base = the first half of the sorted labels
     base = sum(1 for y in labels if y < m)
     return base, len(labels) - base, len(labels)
-
-
-test_counts.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +217,7 @@ def test_base2new_test_before_training_fails_with_one_line(setup, tmp_path):
 
 
 def test_base2new_train_then_test_write_results(setup, trained):
-    n_base, n_new, _ = test_counts(setup)
+    n_base, n_new, _ = split_test_counts(setup)
     train_dir = trained / "base2new/train_base/caltech101" / RUN
     test_dir = trained / "base2new/test_new/caltech101" / RUN
     base, new = results(train_dir), results(test_dir)
@@ -281,7 +278,7 @@ def test_run_with_checkpoint_but_no_results_is_resumed(setup, trained, tmp_path)
     assert old_part.startswith("epoch [1/1] batch [1/1] ...\n")
     assert "(will resume training)" in text and "epoch [" not in text  # nothing retrained
     assert "Resumed from the checkpoint of epoch 1 (model.pth.tar-1 of prompt_learner" in text
-    assert results(run_dir)["total"] == test_counts(setup)[0]
+    assert results(run_dir)["total"] == split_test_counts(setup)[0]
 
     # a folder left by a run that crashed before its first checkpoint is run, not skipped
     crashed = tmp_path / "base2new/train_base/caltech101/shots_2/CoOp/vit_b16_ep50_ctxv1/seed2"
@@ -300,7 +297,7 @@ def test_xd_pair_with_xd_source(setup, tmp_path):
     ok(run(setup, tmp_path, "scripts/CoOp/xd_test.sh", "caltech101", "1", **env))
     source = results(tmp_path / "xd/train/caltech101" / RUN)
     target = results(tmp_path / "xd/test/caltech101" / RUN)
-    n_all = test_counts(setup)[2]
+    n_all = split_test_counts(setup)[2]
     assert source["subsample_classes"] == target["subsample_classes"] == "all"
     assert source["total"] == target["total"] == n_all
     assert target["accuracy"] == source["accuracy"]  # the same model on the same test set
@@ -310,7 +307,7 @@ def test_xd_pair_with_xd_source(setup, tmp_path):
 
 def test_zeroshot_clip_writes_base_and_new_and_xd_source(setup, tmp_path):
     ok(run(setup, tmp_path, "scripts/ZeroshotCLIP/base2new_test.sh", "caltech101", "1"))
-    n_base, n_new, _ = test_counts(setup)
+    n_base, n_new, _ = split_test_counts(setup)
     run_zs = "shots_2/ZeroshotCLIP/vit_b16_ep50/seed1"
     base = results(tmp_path / "base2new/train_base/caltech101" / run_zs)
     new = results(tmp_path / "base2new/test_new/caltech101" / run_zs)

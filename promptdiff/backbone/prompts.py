@@ -8,6 +8,7 @@ import functools
 import torch
 from torch import nn
 
+from promptdiff.backbone.encoders import encode_text, encode_text_shared_prefix
 from promptdiff.backbone.loader import _clip
 
 POSITIONS = ("end", "middle", "front")
@@ -160,8 +161,6 @@ class ClassPrompts(nn.Module):
             return self._shared_features(
                 clip_model, ctx, per_sample, deep_prompts, chunk_size, classes
             )
-        from promptdiff.backbone.encoders import encode_text
-
         emb = self.embed(ctx, per_sample=per_sample)
         if not per_sample:
             return encode_text(clip_model, emb, self.eot_index, deep_prompts, chunk_size=chunk_size)
@@ -181,8 +180,6 @@ class ClassPrompts(nn.Module):
         return out.view(batch, n_cls, -1)
 
     def _shared_features(self, clip_model, ctx, per_sample, deep_prompts, chunk_size, classes):
-        from promptdiff.backbone.encoders import encode_text_shared_prefix
-
         ctx = ctx.to(self.token_prefix.dtype)
         contexts = ctx if per_sample else ctx.unsqueeze(0)
         batch = contexts.shape[0]

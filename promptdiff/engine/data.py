@@ -83,13 +83,6 @@ class DatasetBase:
             output[item.label].append(item)
         return output
 
-    @staticmethod
-    def split_dataset_by_domain(data_source) -> dict:
-        output = defaultdict(list)
-        for item in data_source:
-            output[item.domain].append(item)
-        return output
-
     def generate_fewshot_dataset(self, *data_sources, num_shots: int = -1, repeat: bool = False):
         """K items per label via random.sample, consuming Python's `random` in Dassl's order."""
         if num_shots < 1:
@@ -244,7 +237,7 @@ def build_data_loader(cfg, sampler_type: str, data_source, batch_size: int, tfm,
 class DataManager:
     """Builds the dataset named in the config and its train / val / test loaders."""
 
-    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
+    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None):
         # rank 0 first: it may write the split and few-shot caches the other ranks then read
         dataset = distributed.main_process_first(lambda: build_dataset(cfg))
         distributed.check_same_on_all_ranks(

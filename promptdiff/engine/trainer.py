@@ -113,7 +113,7 @@ class TrainerBase:
                 model = self._models[name]
                 optim, sched = self._optims[name], self._scheds[name]
                 state = {
-                    "state_dict": self.model_state_dict(name, model),
+                    "state_dict": model.state_dict(),
                     "epoch": epoch + 1,
                     "optimizer": optim.state_dict() if optim is not None else None,
                     "scheduler": sched.state_dict() if sched is not None else None,
@@ -181,10 +181,6 @@ class TrainerBase:
     def checkpoint_meta(self) -> dict:
         """What every checkpoint and the manifest record about the run (trainer, config)."""
         return {}
-
-    def model_state_dict(self, name: str, model: nn.Module) -> dict:
-        """What a checkpoint stores for a model; trainers keep only their trainable tensors."""
-        return model.state_dict()
 
     def resume_model_if_exist(self, directory: str) -> int:
         """Restore the last complete checkpoint unit in `directory`; return the next epoch."""
@@ -302,7 +298,7 @@ class TrainerBase:
         """Apply a checkpoint's tensors to a model; missing, unexpected or mis-shaped ones are one
         error naming a few of them and the count."""
         model = self._models[name]
-        expected = self.filter_loaded_state_dict(name, self.model_state_dict(name, model))
+        expected = self.filter_loaded_state_dict(name, model.state_dict())
         missing = [k for k in expected if k not in state_dict]
         unexpected = [k for k in state_dict if k not in expected]
         shapes = [
@@ -437,7 +433,7 @@ class TrainerBase:
         for name in names:
             model = self._models[name]
             # only what a checkpoint keeps: frozen buffers (class-token embeddings) never change
-            kept = {t.data_ptr() for t in self.model_state_dict(name, model).values()}
+            kept = {t.data_ptr() for t in model.state_dict().values()}
             ddp.broadcast_tensors([b for b in model.buffers() if b.data_ptr() in kept])
 
 
