@@ -24,6 +24,7 @@ from promptdiff.diffusion import (
 from promptdiff.engine import get_cfg_default, set_random_seed, setup_logger
 from promptdiff.engine.data import ImageReadError, read_image
 from promptdiff.engine.registry import build_dataset
+from promptdiff.engine.trainer import UNIMPLEMENTED_KEYS, check_implemented
 from promptdiff.synthetic import make_shapes_caltech
 from tools import check_dataset
 from train import cli
@@ -439,3 +440,67 @@ def test_checker_flags_missing_imagenet_val_class_and_empty_class_folder(tmp_pat
         f.write("todo")
     rc, out = run_checker(capsys, data, "Caltech101")
     assert rc == 1 and "images in 1 class folders" in out and added in out
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Dassl keys this engine accepts but does not implement
+
+
+def _other_value(default) -> str:
+    """A command-line value of the default's type that differs from it."""
+    if isinstance(default, bool):
+        return str(not default)
+    if isinstance(default, (int, float)):
+        return str(default + 3)
+    if isinstance(default, str):
+        return "other"
+    return "(1,)"  # a tuple
+
+
+@pytest.mark.parametrize("key", UNIMPLEMENTED_KEYS)
+def test_unimplemented_dassl_key_rejected_with_a_sentence(key):
+    cfg = get_cfg_default()
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    check_implemented(cfg)  # the default passes
+    cfg.merge_from_list([key, _other_value(value)])
+    with pytest.raises(ValueError) as err:
+        check_implemented(cfg)
+    msg = str(err.value)
+    assert msg.startswith(f"{key} is ") and msg.count(". ") == 0 and msg.endswith(".")
+    assert f"does not implement {key}" in msg and "--host dassl" in msg
+
+
+def test_default_dassl_keys_pass_in_every_config():
+    """Every shipped trainer config (merged as train.py does) keeps those keys at their defaults."""
+    import glob
+
+    from promptdiff.config import extend_cfg
+    from promptdiff.engine.config import merge_file
+
+    files = sorted(glob.glob("configs/trainers/*/*.yaml"))
+    assert files
+    for path in files:
+        cfg = get_cfg_default()
+        extend_cfg(cfg)
+        merge_file(cfg, path)
+        check_implemented(cfg)
+
+
+@pytest.mark.parametrize(
+    "opts", [("OPTIM.STAGED_LR", "True"), ("MODEL.HEAD.NAME", "mlp"), ("--head", "mlp")]
+)
+def test_unimplemented_dassl_key_fails_before_training(
+    shapes_root, tiny_weights, tmp_path, capsys, opts
+):
+    out = str(tmp_path / "out")
+    if opts[0].startswith("--"):  # Dassl's CLI flag for the same key
+        args = [*opts, *train_args(shapes_root, out, "CoOp", CFG, tiny_weights)]
+    else:
+        args = train_args(shapes_root, out, "CoOp", CFG, tiny_weights, *opts)
+    assert cli(args) == 1
+    line = error_line(capsys)
+    key = "MODEL.HEAD.NAME" if opts[0] == "--head" else opts[0]
+    assert f"does not implement {key}" in line and "--host dassl" in line
+    assert_nothing_trained(out)

@@ -25,6 +25,7 @@ from promptdiff.engine.checkpoint import (
     write_manifest,
     write_record,
 )
+from promptdiff.engine.config import get_cfg_default
 from promptdiff.engine.data import DataManager
 from promptdiff.engine.evaluator import build_evaluator
 from promptdiff.engine.runinfo import (
@@ -437,11 +438,59 @@ class TrainerBase:
             ddp.broadcast_tensors([b for b in model.buffers() if b.data_ptr() in kept])
 
 
+# Dassl keys this engine accepts (configs written for Dassl carry them) but does not implement:
+# domain adaptation / semi-supervised data, the classifier head, staged learning rates
+UNIMPLEMENTED_KEYS = (
+    "INPUT.NO_TRANSFORM",
+    "DATASET.SOURCE_DOMAINS",
+    "DATASET.TARGET_DOMAINS",
+    "DATASET.NUM_LABELED",
+    "DATASET.VAL_PERCENT",
+    "DATALOADER.K_TRANSFORMS",
+    "DATALOADER.RETURN_IMG0",
+    "DATALOADER.TRAIN_X.N_DOMAIN",
+    "DATALOADER.TRAIN_X.N_INS",
+    "MODEL.BACKBONE.PRETRAINED",
+    "MODEL.HEAD.NAME",
+    "MODEL.HEAD.HIDDEN_LAYERS",
+    "MODEL.HEAD.ACTIVATION",
+    "MODEL.HEAD.BN",
+    "MODEL.HEAD.DROPOUT",
+    "OPTIM.STAGED_LR",
+    "OPTIM.NEW_LAYERS",
+    "OPTIM.BASE_LR_MULT",
+    "TRAIN.COUNT_ITER",
+)
+
+
+def _cfg_value(cfg, key: str):
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def check_implemented(cfg) -> None:
+    """Refuse a non-default value of an UNIMPLEMENTED_KEYS key, which would silently run unlike Dassl."""
+    defaults = get_cfg_default()
+    for key in UNIMPLEMENTED_KEYS:
+        value, default = _cfg_value(cfg, key), _cfg_value(defaults, key)
+        # yacs turns yaml lists into tuples or keeps lists: compare the items
+        same = (
+            list(value) == list(default) if isinstance(default, (list, tuple)) else value == default
+        )
+        if not same:
+            raise ValueError(
+                f"{key} is {value!r}, but this engine does not implement {key}; set it back to "
+                f"{default!r} or run with --host dassl for it."
+            )
+
+
 class SimpleTrainer(TrainerBase):
     """Builds data, model and evaluator from cfg; trains, checkpoints and tests."""
 
     def __init__(self, cfg):
         super().__init__()
+        check_implemented(cfg)
         self.check_cfg(cfg)
         if torch.cuda.is_available() and cfg.USE_CUDA:
             self.device = torch.device("cuda")
