@@ -338,6 +338,7 @@ def test_same_seed_same_subset_other_seed_other_subset(layout, name):
     same = build(b, name, shots=2, seed=1)  # an identical fresh copy, same seed
     assert rows(first.train_x, a) == rows(same.train_x, b)
     assert rows(first.val, a) == rows(same.val, b)
+    assert per_label(first.train_x) == dict.fromkeys(range(len(CLASSNAMES[name])), 2)
     other = build(a, name, shots=2, seed=2)
     assert rows(other.train_x, a) != rows(first.train_x, a)
     assert per_label(other.train_x) == per_label(first.train_x)
@@ -426,15 +427,17 @@ def test_missing_required_file_names_it(layout, name):
 def test_split_naming_a_missing_image_names_image_and_split(layout, name):
     root = layout(name)
     ds = build(root, name)  # writes the split file (FGVCAircraft: reads the official lists)
-    victim = ds.train_x[0].impath
-    os.remove(victim)
+    # a train image, and for split files a test image too (FGVCAircraft stops at its train list)
+    victims = [ds.train_x[0].impath] + ([] if name == "FGVCAircraft" else [ds.test[-1].impath])
+    for victim in victims:
+        os.remove(victim)
     if name == "FGVCAircraft":
         source = os.path.join(root, "fgvc_aircraft", "images_variant_train.txt")
     else:
         source = os.path.join(root, DATASET_DIR[name], SPLIT_FILE[name])
-    with pytest.raises(FileNotFoundError, match=re.escape(victim)) as err:
+    with pytest.raises(FileNotFoundError, match=re.escape(victims[0])) as err:
         build(root, name)
-    assert source in str(err.value)
+    assert source in str(err.value) and all(v in str(err.value) for v in victims)
 
 
 def test_fewshot_cache_naming_a_missing_image_names_both(layout):

@@ -1,17 +1,16 @@
-"""Engine behaviour users rely on: few-shot sampling, base/new, splits, schedules, checkpoints."""
+"""Engine behaviour users rely on: few-shot sampling, base/new, schedules, config merging
+(the datasets built end to end are tests/test_datasets.py's)."""
 
 from __future__ import annotations
 
 import math
-import os
 import random
 from collections import defaultdict
 
 import pytest
 import torch
 
-import datasets  # noqa: F401
-from datasets.common import read_split, save_split, subsample_classes
+from datasets.common import subsample_classes
 from promptdiff.engine import (
     DatasetBase,
     Datum,
@@ -21,17 +20,6 @@ from promptdiff.engine import (
     merge_file,
 )
 from promptdiff.engine.config import ConfigError
-from promptdiff.engine.registry import build_dataset
-
-
-def _caltech_cfg(root: str, shots: int = 2, seed: int = 1, sub: str = "all"):
-    cfg = get_cfg_default()
-    cfg.DATASET.ROOT = root
-    cfg.DATASET.NAME = "Caltech101"
-    cfg.DATASET.NUM_SHOTS = shots
-    cfg.DATASET.SUBSAMPLE_CLASSES = sub
-    cfg.SEED = seed
-    return cfg
 
 
 def _items(tmp_path, n_labels=5, per_label=7):
@@ -57,37 +45,6 @@ def test_fewshot_is_upstream_random_sample_in_label_order(tmp_path):
     assert [x.impath for x in got] == [x.impath for x in expected]
 
 
-def test_fewshot_same_seed_same_subset_other_seed_other_subset(tmp_path):
-    items = _items(tmp_path)
-
-    def draw(seed):
-        random.seed(seed)
-        return [x.impath for x in DatasetBase().generate_fewshot_dataset(items, num_shots=2)]
-
-    assert draw(1) == draw(1)
-    assert draw(1) != draw(2)
-    assert len(draw(1)) == 5 * 2
-
-
-def test_fewshot_through_dataset_and_cache(shapes_root, tmp_path):
-    import shutil
-
-    root = str(tmp_path / "copy")
-    shutil.copytree(shapes_root, root)
-    random.seed(1)
-    first = build_dataset(_caltech_cfg(root, shots=2, seed=1))
-    cache = os.path.join(root, "caltech-101", "split_fewshot", "shot_2-seed_1.json")
-    assert os.path.isfile(cache)
-    random.seed(12345)  # the cache, not the RNG, decides now
-    again = build_dataset(_caltech_cfg(root, shots=2, seed=1))
-    assert [x.impath for x in first.train_x] == [x.impath for x in again.train_x]
-    counts = defaultdict(int)
-    for x in first.train_x:
-        counts[x.label] += 1
-    assert set(counts.values()) == {2} and len(counts) == 6
-    assert all(c <= 2 for c in defaultdict(int, {x.label: 0 for x in first.val}).values())
-
-
 def test_base_new_split_sizes_and_relabelling(tmp_path):
     items = _items(tmp_path, n_labels=5)
     base = subsample_classes(items, subsample="base")[0]
@@ -99,17 +56,6 @@ def test_base_new_split_sizes_and_relabelling(tmp_path):
     assert all(x.classname == f"class{x.label + 3}" for x in new)
     with pytest.raises(ValueError, match="SUBSAMPLE_CLASSES"):
         subsample_classes(items, subsample="half")
-
-
-def test_split_json_round_trip(tmp_path):
-    items = _items(tmp_path, n_labels=3, per_label=3)
-    path = str(tmp_path / "split.json")
-    save_split(items[:4], items[4:6], items[6:], path, str(tmp_path))
-    train, val, test = read_split(path, str(tmp_path))
-    for got, want in ((train, items[:4]), (val, items[4:6]), (test, items[6:])):
-        assert [(x.impath, x.label, x.classname) for x in got] == [
-            (x.impath, x.label, x.classname) for x in want
-        ]
 
 
 def test_coop_config_learning_rate_per_epoch():
@@ -134,23 +80,6 @@ def test_unknown_config_key_names_file_and_key(tmp_path):
     bad.write_text("OPTIM:\n  LRR: 0.1\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml.*OPTIM\.LRR"):
         merge_file(get_cfg_default(), str(bad))
-
-
-def test_missing_image_in_split_names_image_and_split(shapes_root, tmp_path):
-    import json
-    import shutil
-
-    root = str(tmp_path / "copy")
-    shutil.copytree(shapes_root, root)
-    build_dataset(_caltech_cfg(root, shots=-1))  # writes the split file
-    split_file = os.path.join(root, "caltech-101", "split_zhou_Caltech101.json")
-    with open(split_file) as f:
-        split = json.load(f)
-    missing = split["test"][0][0]
-    os.remove(os.path.join(root, "caltech-101", "101_ObjectCategories", missing))
-    with pytest.raises(FileNotFoundError, match="split_zhou_Caltech101.json") as err:
-        build_dataset(_caltech_cfg(root, shots=-1))
-    assert missing.split("/")[-1] in str(err.value)
 
 
 def test_integer_for_float_key_on_command_line_is_accepted():
