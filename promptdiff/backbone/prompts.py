@@ -8,7 +8,7 @@ import functools
 import torch
 from torch import nn
 
-from promptdiff.backbone.encoders import encode_text, encode_text_shared_prefix
+from promptdiff.backbone import encoders  # called as encoders.X: tests wrap them to count calls
 from promptdiff.backbone.loader import _clip
 
 POSITIONS = ("end", "middle", "front")
@@ -163,7 +163,9 @@ class ClassPrompts(nn.Module):
             )
         emb = self.embed(ctx, per_sample=per_sample)
         if not per_sample:
-            return encode_text(clip_model, emb, self.eot_index, deep_prompts, chunk_size=chunk_size)
+            return encoders.encode_text(
+                clip_model, emb, self.eot_index, deep_prompts, chunk_size=chunk_size
+            )
         batch = emb.shape[0]
         eot = self.eot_index.expand(batch, -1)
         if classes is not None:
@@ -174,7 +176,7 @@ class ClassPrompts(nn.Module):
         if deep_prompts is not None and deep_prompts.dim() == 4:
             # one deep-prompt stack per image, shared by that image's class prompts
             deep_prompts = deep_prompts.repeat_interleave(n_cls, dim=0)
-        out = encode_text(
+        out = encoders.encode_text(
             clip_model, emb.flatten(0, 1), eot.reshape(-1), deep_prompts, chunk_size=chunk_size
         )
         return out.view(batch, n_cls, -1)
@@ -202,7 +204,7 @@ class ClassPrompts(nn.Module):
         if classes is not None:
             index = classes.to(suffix.device)
             suffix, eot = suffix[index], eot[index]
-        out = encode_text_shared_prefix(
+        out = encoders.encode_text_shared_prefix(
             clip_model, prefix, suffix, eot, deep_prompts, chunk_size=chunk_size
         )
         return out if per_sample else out[0]
