@@ -476,7 +476,8 @@ def test_default_dassl_keys_pass_in_every_config():
     """Every shipped trainer config (merged as train.py does) keeps those keys at their defaults."""
     import glob
 
-    from promptdiff.config import extend_cfg
+    import trainers  # noqa: F401  (declares the trainers' keys)
+    from promptdiff.config_keys import extend_cfg
     from promptdiff.engine.config import merge_file
 
     files = sorted(glob.glob("configs/trainers/*/*.yaml"))
