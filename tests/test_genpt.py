@@ -224,6 +224,11 @@ def test_trains_reloads_exactly_and_evaluates_new_classes(name, data, tmp_path):
     res = read_results(new)
     assert res["subsample_classes"] == "new" and res["total"] == 4
 
+    # ENSEMBLE only weighs logits at inference: a trained model may be evaluated under another
+    other = ("DATASET.SUBSAMPLE_CLASSES", "base", "TRAINER.GENPT.ENSEMBLE", "0.9")
+    assert cli([*load, *_args(data, tmp_path / "ens", name, *other)]) == 0
+    assert read_results(tmp_path / "ens")["total"] == 4
+
 
 def test_resume_restores_the_prototype_memory(data, tmp_path, monkeypatch):
     from promptdiff.engine.trainer import SimpleTrainer

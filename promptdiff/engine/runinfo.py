@@ -35,6 +35,8 @@ NOT_RUN_DEFINING = (
     "TRAINER.PD.NUM_SAMPLES",
     "TRAINER.PD.NOISE_SEED",
     "TRAINER.PD.INFERENCE",
+    # GenPT: the weight of the hand-crafted view's logits at inference
+    "TRAINER.GENPT.ENSEMBLE",
     "MODEL.TEXT.CHUNK",
 )
 # Keys an evaluation of a trained model may change: the data it is evaluated on (base2new_test
