@@ -369,6 +369,16 @@ def test_dg_uses_imagenet_variants_only(tmp_path: Path) -> None:
     [table] = rt.build_tables(tmp_path, "dg", rt.Selection(trainers=["CoOp"]))
     assert table.headers == ["Trainer", "Source (imagenet)", "imagenetv2", "imagenet_r", "Average"]
     assert [c.mean for c in table.rows[0][1:]] == pytest.approx([72.0, 64.0, 76.0, 70.0])
+    assert table.title.startswith("Domain generalisation (trained on ImageNet)")
+
+
+def test_transfer_title_names_another_source(tmp_path: Path) -> None:
+    fill_seeds(cfg_dir(tmp_path, "xd/train", "miniworld", "CoOp"), [90.0])
+    fill_seeds(cfg_dir(tmp_path, "xd/test", "miniworld_sketch", "CoOp"), [40.0])
+    sel = rt.Selection(source="miniworld", datasets=["miniworld_sketch"])
+    [table] = rt.build_tables(tmp_path, "dg", sel)
+    assert table.title.startswith("Domain generalisation (trained on miniworld)")
+    assert [c.mean for c in table.rows[0][1:]] == pytest.approx([90.0, 40.0, 40.0])
 
 
 def test_few_shot_one_table_per_shot_count(tmp_path: Path) -> None:

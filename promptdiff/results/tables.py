@@ -169,8 +169,8 @@ PROTOCOLS = ("base2new", "xd", "dg", "few_shot")
 FORMATS = ("terminal", "markdown", "csv", "latex")
 PROTOCOL_TITLES = {
     "base2new": "Base-to-new generalisation",
-    "xd": "Cross-dataset transfer (trained on ImageNet)",
-    "dg": "Domain generalisation (trained on ImageNet)",
+    "xd": "Cross-dataset transfer (trained on {source})",
+    "dg": "Domain generalisation (trained on {source})",
     "few_shot": "Few-shot classification",
 }
 
@@ -482,7 +482,11 @@ def transfer_tables(root: Path | str, protocol: str, sel: Selection | None = Non
             rows.append(row)
         table_notes += _seed_notes(seed_stats)
         headers = ["Trainer", f"Source ({sel.source})", *targets, "Average"]
-        title = f"{PROTOCOL_TITLES[protocol]}, {_shots_text(shots)}, {sel.metric} (%)"
+        trained_on = "ImageNet" if sel.source == XD_SOURCE else sel.source
+        title = (
+            f"{PROTOCOL_TITLES[protocol].format(source=trained_on)}, {_shots_text(shots)}, "
+            f"{sel.metric} (%)"
+        )
         tables.append(Table(title, shots, headers, rows, table_notes))
     return tables
 
