@@ -127,24 +127,27 @@ def train_py(args: list[str], quiet: bool = True) -> subprocess.CompletedProcess
     return proc
 
 
+def source_flags(root: str, seed: int, trainer: str, config: str) -> list[str]:
+    """train.py's flags for `trainer` with configs/trainers/<config>.yaml on the source domain."""
+    return [
+        "--root", root, "--seed", str(seed), "--trainer", trainer,
+        "--dataset-config-file", os.path.join(ROOT, f"configs/datasets/{SOURCE_DATASET}.yaml"),
+        "--config-file", os.path.join(ROOT, "configs/trainers", f"{config}.yaml"),
+    ]  # fmt: skip
+
+
 def coop_check(root: str, workdir: str, epochs: int = 20) -> tuple[float, float]:
     """(CoOp base accuracy, zero-shot base accuracy): CoOp trained on every base training image."""
-    common = [
-        "--root",
-        root,
-        "--seed",
-        "1",
-        "--dataset-config-file",
-        os.path.join(ROOT, "configs/datasets/miniworld.yaml"),
-        "--config-file",
-        os.path.join(ROOT, "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"),
-    ]
     opts = [*world_opts(root), "DATASET.SUBSAMPLE_CLASSES", "base", "DATASET.NUM_SHOTS", "-1"]
     coop_dir = os.path.join(workdir, "coop")
     zs_dir = os.path.join(workdir, "zeroshot")
-    train_py([*common, "--trainer", "CoOp", "--output-dir", coop_dir, *opts,
-              "OPTIM.MAX_EPOCH", str(epochs)])  # fmt: skip
-    train_py([*common, "--trainer", "ZeroshotCLIP", "--output-dir", zs_dir, "--eval-only", *opts])
+    for trainer, out, extra in (
+        ("CoOp", coop_dir, ["OPTIM.MAX_EPOCH", str(epochs)]),
+        ("ZeroshotCLIP", zs_dir, []),
+    ):
+        flags = source_flags(root, 1, trainer, "CoOp/vit_b16_ep50_ctxv1")
+        eval_only = ["--eval-only"] if trainer == "ZeroshotCLIP" else []
+        train_py([*flags, "--output-dir", out, *eval_only, *opts, *extra])
     return _accuracy(coop_dir), _accuracy(zs_dir)
 
 
@@ -277,9 +280,7 @@ def ablate(root: str, output: str, trainers, seeds) -> None:
                             continue
                         print(f"[miniworld] {trainer} seed {seed} {name} {sub}", flush=True)
                         train_py([
-                            "--root", root, "--seed", str(seed), "--trainer", trainer,
-                            "--dataset-config-file", os.path.join(ROOT, "configs/datasets/miniworld.yaml"),
-                            "--config-file", os.path.join(ROOT, "configs/trainers", trainer, f"{cfg}.yaml"),
+                            *source_flags(root, seed, trainer, f"{trainer}/{cfg}"),
                             "--output-dir", out, "--eval-only", "--model-dir", train_dir,
                             "--load-epoch", str(epoch), *opts, "DATASET.NUM_SHOTS", str(SHOTS),
                             "DATASET.SUBSAMPLE_CLASSES", sub, *extra,
@@ -337,11 +338,7 @@ def tune(root, output, trainer, cfg, grid, eval_grid, seed: int = 1) -> list[tup
     """Train `trainer` on 16 base shots for each grid combination and evaluate each on the base
     classes' val split (with every eval-grid combination, without retraining); returns
     [(options, val accuracy)] and prints them, best marked."""
-    common = [
-        "--root", root, "--seed", str(seed), "--trainer", trainer,
-        "--dataset-config-file", os.path.join(ROOT, "configs/datasets/miniworld.yaml"),
-        "--config-file", os.path.join(ROOT, "configs/trainers", trainer, f"{cfg}.yaml"),
-    ]  # fmt: skip
+    common = source_flags(root, seed, trainer, f"{trainer}/{cfg}")
     opts = [*world_opts(root), "DATASET.NUM_SHOTS", str(SHOTS),
             "DATASET.SUBSAMPLE_CLASSES", "base", "TEST.SPLIT", "val"]  # fmt: skip
     rows = []
