@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -67,6 +67,12 @@ class WorldSpec:
     # costs zero-shot accuracy and leaves the information in the image, so there is something
     # for a learned prompt to recover.
     camera_hue: float = 35.0
+    # Per-image cameras (the `percam` world): each image draws camera k uniformly from its own
+    # random stream, its hues turn by camera_hue + cameras[k], and the camera stamps its tell,
+    # white bands along the edges TAGS[k] names, onto the finished image. The turn changes which class an
+    # image's colours look like, differently per camera, so no shared prompt can undo it; the band
+    # shows which turn it was, so a model that sees the image can. () = one camera for every image.
+    cameras: tuple[float, ...] = ()
 
     def __post_init__(self):
         unknown = [d for d in self.domains if d not in DOMAINS]
@@ -76,10 +82,47 @@ class WorldSpec:
             )
         if min(self.n_train, self.n_val, self.n_test) < 1 or self.size < 16:
             raise ValueError("A world needs n_train, n_val, n_test >= 1 and size >= 16.")
+        if len(self.cameras) > len(TAGS):
+            raise ValueError(
+                f"A world has at most {len(TAGS)} cameras (one tag each); got {len(self.cameras)}."
+            )
+
+    @property
+    def kind(self) -> str:
+        """`percam` for a world with per-image cameras, else `default` (names folders, datasets)."""
+        return "percam" if self.cameras else "default"
 
     def digest(self) -> str:
-        blob = json.dumps({"version": WORLD_VERSION, **asdict(self)}, sort_keys=True)
+        fields = asdict(self)
+        if not self.cameras:
+            # worlds without per-image cameras keep the digest (and cached CLIP) they had before
+            del fields["cameras"]
+        blob = json.dumps({"version": WORLD_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# where a camera stamps its tell (a camera's index picks one): white bands along the top and bottom
+# edges only, so the training augmentation's horizontal flip keeps every camera's tell
+TAGS = ("top", "bottom", "top and bottom")
+# band height in pixels at the world's 32-pixel size: most of one 4-pixel ViT patch row
+TAG_WIDTH = 3
+# the named worlds `tools/miniworld.py --world` builds
+WORLDS: dict[str, WorldSpec] = {
+    "default": WorldSpec(),
+    # hue turns a third of the circle apart: under each camera most colours look like another
+    # class's colour under another camera (red turned 120 degrees is green's hue)
+    "percam": WorldSpec(camera_hue=0.0, cameras=(0.0, 120.0, 240.0)),
+}
+
+
+def dataset_dir(kind: str = "default") -> str:
+    """The world's folder under the data root: miniworld, or miniworld_<kind>."""
+    return DATASET_DIR if kind == "default" else f"{DATASET_DIR}_{kind}"
+
+
+def dataset_prefix(kind: str = "default") -> str:
+    """The registered dataset name of the world's source domain: MiniWorld, MiniWorldPercam."""
+    return "MiniWorld" if kind == "default" else f"MiniWorld{kind.capitalize()}"
 
 
 def classes(spec: WorldSpec | None = None) -> list[tuple[str, str]]:
@@ -101,9 +144,11 @@ def folder_name(colour: str, shape: str) -> str:
     return f"{colour}_{shape}"
 
 
-def domain_dataset_name(domain: str) -> str:
-    """The registered dataset name of a domain: MiniWorld (source) or MiniWorld<Domain>."""
-    return "MiniWorld" if domain == SOURCE else f"MiniWorld{domain.capitalize()}"
+def domain_dataset_name(domain: str, kind: str = "default") -> str:
+    """The registered dataset name of a domain: MiniWorld (source) or MiniWorld<Domain>, with the
+    world's kind after MiniWorld for the other worlds (MiniWorldPercamSketch)."""
+    prefix = dataset_prefix(kind)
+    return prefix if domain == SOURCE else f"{prefix}{domain.capitalize()}"
 
 
 def _rng(*keys: int | str) -> np.random.Generator:
@@ -185,6 +230,7 @@ class Scene:
     domain: str
     count: int
     size: str  # "small" | "large"
+    tag: str = ""  # the edge of a camera's band (TAGS), "" for none
 
 
 def sample_scene(colour: str, shape: str, domain: str, rng: np.random.Generator) -> Scene:
@@ -275,6 +321,17 @@ def render(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
     return img
 
 
+def camera_of(spec: WorldSpec, label: int, domain: str, split: str, index: int) -> int:
+    """The camera of one image of a per-image-camera world (its own stream: drawing it leaves the
+    scene's rendering unchanged); -1 in a world with one camera."""
+    if not spec.cameras:
+        return -1
+    colour, shape = classes(spec)[label]
+    return int(
+        _rng(spec.seed, "camera", domain, split, colour, shape, index).integers(len(spec.cameras))
+    )
+
+
 def render_example(
     spec: WorldSpec, label: int, domain: str, split: str, index: int
 ) -> tuple[Image.Image, Scene]:
@@ -282,7 +339,26 @@ def render_example(
     colour, shape = classes(spec)[label]
     rng = _rng(spec.seed, domain, split, colour, shape, index)
     scene = sample_scene(colour, shape, domain, rng)
-    return turn_hue(render(scene, spec.size, rng), spec.camera_hue), scene
+    camera = camera_of(spec, label, domain, split, index)
+    if camera < 0:
+        return turn_hue(render(scene, spec.size, rng), spec.camera_hue), scene
+    img = turn_hue(render(scene, spec.size, rng), spec.camera_hue + spec.cameras[camera])
+    scene = replace(scene, tag=TAGS[camera])
+    return stamp_tag(img, scene.tag, rng), scene
+
+
+def stamp_tag(img: Image.Image, edge: str, rng: np.random.Generator) -> Image.Image:
+    """`img` with near-white bands TAG_WIDTH pixels high along the edges `edge` names ("top",
+    "bottom", "top and bottom"; "" = unchanged)."""
+    if not edge:
+        return img
+    arr = np.asarray(img).copy()
+    value = int(rng.integers(225, 256))
+    if "top" in edge:
+        arr[:TAG_WIDTH] = value
+    if "bottom" in edge:
+        arr[-TAG_WIDTH:] = value
+    return Image.fromarray(arr)
 
 
 def turn_hue(img: Image.Image, degrees: float) -> Image.Image:
@@ -322,6 +398,10 @@ def caption(scene: Scene, rng: np.random.Generator, mode: str = "full") -> str:
         )
     else:
         thing = f"{article} {size}{scene.colour} {noun}"
+    # a camera's band is named as web captions name a watermark: now and then
+    if scene.tag and rng.random() < 0.5:
+        bands = "white bands" if "and" in scene.tag else "a white band"
+        thing = f"{thing} with {bands} at the {scene.tag}"
     prefix = rng.choice(DOMAIN_WORDS[scene.domain]) if rng.random() < 0.7 else ""
     template = rng.integers(0, 3)
     if template == 0 and prefix:
@@ -332,6 +412,10 @@ def caption(scene: Scene, rng: np.random.Generator, mode: str = "full") -> str:
 
 
 # ---- on disk ---------------------------------------------------------------------------------
+# per-image-camera worlds: {image path relative to images/: camera index}
+CAMERAS_FILE = "cameras.json"
+
+
 def _split_sizes(spec: WorldSpec, domain: str) -> dict[str, int]:
     if domain == SOURCE:
         return {"train": spec.n_train, "val": spec.n_val, "test": spec.n_test}
@@ -339,12 +423,12 @@ def _split_sizes(spec: WorldSpec, domain: str) -> dict[str, int]:
 
 
 def write_world(root: str, spec: WorldSpec | None = None, progress: bool = True) -> str:
-    """Write the world under root/miniworld (skipped when world.json says it is already there);
-    returns root/miniworld."""
+    """Write the world under root/<dataset_dir(kind)> (skipped when world.json says it is already
+    there); returns that folder. A per-image-camera world also writes cameras.json (CAMERAS_FILE)."""
     from promptdiff.engine.utils import write_json
 
     spec = spec or WorldSpec()
-    folder = os.path.join(root, DATASET_DIR)
+    folder = os.path.join(root, dataset_dir(spec.kind))
     stamp = os.path.join(folder, "world.json")
     if os.path.isfile(stamp):
         with open(stamp) as f:
@@ -359,18 +443,23 @@ def write_world(root: str, spec: WorldSpec | None = None, progress: bool = True)
         for i in range(n)
     ]
     splits: dict[str, dict[str, list]] = {d: {s: [] for s in SPLITS} for d in spec.domains}
+    cameras: dict[str, int] = {}
     bar = _progress(jobs, "rendering the miniature world", progress)
     for domain, split, label, i in bar:
         colour, shape = names[label]
         rel = f"{domain}/{folder_name(colour, shape)}/{split}_{i:03d}.png"
         path = os.path.join(folder, "images", rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        img, _ = render_example(spec, label, domain, split, i)
+        img, scene = render_example(spec, label, domain, split, i)
         img.save(path)
         splits[domain][split].append([rel, label, class_name(colour, shape)])
+        if scene.tag:
+            cameras[rel] = TAGS.index(scene.tag)
     for domain, split_lists in splits.items():
-        name = domain_dataset_name(domain)
+        name = domain_dataset_name(domain, spec.kind)
         write_json(split_lists, os.path.join(folder, f"split_zhou_{name}.json"))
+    if cameras:
+        write_json(cameras, os.path.join(folder, CAMERAS_FILE))
     write_json({"digest": spec.digest(), "spec": asdict(spec), "classes": names}, stamp)
     return folder
 
@@ -475,7 +564,15 @@ def pretraining_pool(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True)
         rng = _rng(spec.seed, "pretrain", recipe.seed, colour, shape, i)
         domain = domains[int(rng.choice(len(domains), p=weights))]
         scene = sample_scene(colour, shape, domain, rng)
-        images.append(render(scene, spec.size, rng))
+        img = render(scene, spec.size, rng)
+        if spec.cameras:
+            # random bands (or none), independent of the content and never with a hue
+            # turn: pre-training learns to see the band, not what a camera does to colours
+            edges = ("", *TAGS[: len(spec.cameras)])
+            tag_rng = _rng(spec.seed, "pretrain-tag", recipe.seed, colour, shape, i)
+            scene = replace(scene, tag=edges[int(tag_rng.integers(len(edges)))])
+            img = stamp_tag(img, scene.tag, tag_rng)
+        images.append(img)
         scenes.append(scene)
     return to_tensor(images), scenes
 
@@ -624,14 +721,33 @@ def cached_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True) -> s
 ZS_TEMPLATE = "a photo of a {}."
 
 
-def load_split_images(folder: str, domain: str, split: str):
+def load_split_images(folder: str, domain: str, split: str, kind: str = "default"):
     """(pixels [N, 3, H, W], labels [N]) of one split of one domain, read from disk."""
+    pixels, labels, _ = load_split(folder, domain, split, kind)
+    return pixels, labels
+
+
+def load_split(folder: str, domain: str, split: str, kind: str = "default"):
+    """(pixels [N, 3, H, W], labels [N], image paths relative to images/) of one split."""
     import torch
 
-    with open(os.path.join(folder, f"split_zhou_{domain_dataset_name(domain)}.json")) as f:
+    with open(os.path.join(folder, f"split_zhou_{domain_dataset_name(domain, kind)}.json")) as f:
         items = json.load(f)[split]
     images = [Image.open(os.path.join(folder, "images", rel)).convert("RGB") for rel, _, _ in items]
-    return to_tensor(images), torch.tensor([label for _, label, _ in items])
+    rels = [rel for rel, _, _ in items]
+    return to_tensor(images), torch.tensor([label for _, label, _ in items]), rels
+
+
+def read_cameras(folder: str) -> dict[str, int]:
+    """{image path: camera} of a per-image-camera world (CAMERAS_FILE), or one sentence."""
+    path = os.path.join(folder, CAMERAS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} is missing: {folder} is not a per-image-camera world; build it with "
+            "`python tools/miniworld.py build --world percam --root ROOT`."
+        )
+    with open(path) as f:
+        return json.load(f)
 
 
 def image_features(model, pixels, batch: int = 500):
@@ -719,8 +835,8 @@ def world_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
     checks = [
         Check("max text cosine between two classes' prompts", cos.max().item(), None, 0.95, "")
     ]
-    train_x, train_y = load_split_images(folder, SOURCE, "train")
-    test_x, test_y = load_split_images(folder, SOURCE, "test")
+    train_x, train_y = load_split_images(folder, SOURCE, "train", spec.kind)
+    test_x, test_y = load_split_images(folder, SOURCE, "test", spec.kind)
     f_train, f_test = image_features(model, train_x), image_features(model, test_x)
     checks.append(
         Check(
@@ -741,7 +857,7 @@ def world_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
     for domain in spec.domains:
         if domain == SOURCE:
             continue
-        x, y = load_split_images(folder, domain, "test")
+        x, y = load_split_images(folder, domain, "test", spec.kind)
         acc = zero_shot_accuracy(model, image_features(model, x), y, names)
         checks.append(
             Check(
@@ -752,4 +868,73 @@ def world_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
                 " pts",
             )
         )
+    return checks
+
+
+# what the per-image-camera world must show (issue 17): the camera is readable from the features,
+# each camera's classes are readable within it, and one shared linear classifier cannot serve all
+PERCAM_CAMERA_PROBE = 90.0
+PERCAM_WITHIN_PROBE = 80.0
+PERCAM_POOLED_GAP = 15.0
+PERCAM_ZERO_SHOT = (20.0, 75.0)
+
+
+def percam_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
+    """The per-image-camera world's figures that need only the CLIP (the CoOp ones are separate)."""
+    import torch
+
+    names = [class_name(c, s) for c, s in classes(spec)]
+    half = math.ceil(len(names) / 2)
+    cameras = read_cameras(folder)
+    splits = {}
+    for split in ("train", "test"):
+        x, y, rels = load_split(folder, SOURCE, split, spec.kind)
+        splits[split] = (image_features(model, x), y, torch.tensor([cameras[r] for r in rels]))
+    (f_tr, y_tr, c_tr), (f_te, y_te, c_te) = splits["train"], splits["test"]
+    checks = [
+        Check(
+            "camera probe on frozen image features",
+            linear_probe(f_tr, c_tr, f_te, c_te),
+            PERCAM_CAMERA_PROBE,
+            None,
+        )
+    ]
+    within = []
+    for k in range(len(spec.cameras)):
+        tr, te = c_tr == k, c_te == k
+        acc = linear_probe(f_tr[tr], y_tr[tr], f_te[te], y_te[te])
+        within.append(acc)
+        checks.append(
+            Check(
+                f"class probe within camera {k} ({int(te.sum())} images)",
+                acc,
+                PERCAM_WITHIN_PROBE,
+                None,
+            )
+        )
+    pooled = linear_probe(f_tr, y_tr, f_te, y_te)
+    mean_within = sum(within) / len(within)
+    checks.append(
+        Check(
+            f"within-camera minus pooled class probe ({mean_within:.1f} vs {pooled:.1f})",
+            mean_within - pooled,
+            PERCAM_POOLED_GAP,
+            None,
+            " pts",
+        )
+    )
+    for part, lo, hi in (("base", 0, half), ("new", half, len(names))):
+        mask = (y_te >= lo) & (y_te < hi)
+        acc = zero_shot_accuracy(model, f_te[mask], y_te[mask] - lo, names[lo:hi])
+        checks.append(
+            Check(
+                f"zero-shot accuracy, {part} half ({int(mask.sum())} images)",
+                acc,
+                *PERCAM_ZERO_SHOT,
+            )
+        )
+    for k in range(len(spec.cameras)):
+        mask = (c_te == k) & (y_te < half)
+        acc = zero_shot_accuracy(model, f_te[mask], y_te[mask], names[:half])
+        checks.append(Check(f"zero-shot accuracy, base half, camera {k}", acc, None, None))
     return checks

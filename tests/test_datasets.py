@@ -182,10 +182,11 @@ def run_checker(capsys, root, *names):
 
 
 def test_every_dataset_has_a_config_and_a_synthetic_layout():
-    from promptdiff.miniworld import DOMAINS, domain_dataset_name
+    from promptdiff.miniworld import DOMAINS, WORLDS, domain_dataset_name
 
     names = set(DATASET_REGISTRY.registered_names())
-    miniworld = {domain_dataset_name(d) for d in DOMAINS}
+    miniworld = {domain_dataset_name(d, kind) for d in DOMAINS for kind in WORLDS}
+    assert len(miniworld) == len(DOMAINS) * len(WORLDS) == 10
     assert set(LAYOUTS) <= names and len(LAYOUTS) == 15 and miniworld <= names
     configs = check_dataset.config_names()
     assert len(configs) == 15 + len(miniworld)

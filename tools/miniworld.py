@@ -12,8 +12,11 @@
                                                     base-class val accuracy (never test) of each
                                                     combination, trained on 16 base shots
 
-The CLIP is pre-trained once per machine and recipe (cached in ~/.cache/promptdiff) and copied
-next to the world. See docs/RESULTS_MINIWORLD.md for what these figures are.
+Every command takes --world default|percam: `percam` is the world with a camera drawn per image
+(WorldSpec.cameras), under DIR/miniworld_percam with its own CLIP (DIR/miniworld_percam_clip.pt)
+and datasets (configs/datasets/miniworld_percam*.yaml); both worlds may share one --root and one
+--output. The CLIP is pre-trained once per machine and recipe (cached in ~/.cache/promptdiff) and
+copied next to the world. See docs/RESULTS_MINIWORLD.md for what these figures are.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,24 +47,39 @@ from promptdiff.results.layout import (  # noqa: E402
 from promptdiff.results.record import ResultsError, read_record  # noqa: E402
 from promptdiff.results.tables import Selection, build_tables, order_trainers, render  # noqa: E402
 
-CLIP_FILE = "miniworld_clip.pt"
 SHOTS = 16
 # every trainer, in the tables' order (ZeroshotCLIP, then each method beside its Diff variant)
 TRAINERS = tuple(order_trainers(TRAINER_REGISTRY.registered_names()))
 DIFF_TRAINERS = tuple(t for t in TRAINERS if t.endswith("Diff"))
-SOURCE_DATASET = "miniworld"
-# the dataset config name (configs/datasets/<name>.yaml) of each domain
-DOMAIN_CONFIGS = {d: SOURCE_DATASET if d == mw.SOURCE else f"miniworld_{d}" for d in mw.DOMAINS}
+WORLD_KINDS = tuple(mw.WORLDS)
+
+
+def clip_file(kind: str = "default") -> str:
+    """The world's CLIP weights under --root: miniworld_clip.pt, miniworld_<kind>_clip.pt."""
+    return f"{mw.dataset_dir(kind)}_clip.pt"
+
+
+def source_dataset(kind: str = "default") -> str:
+    """The source domain's dataset config name (configs/datasets/<name>.yaml)."""
+    return mw.dataset_dir(kind)
+
+
+def domain_configs(kind: str = "default") -> dict[str, str]:
+    """The dataset config name of each domain of the world."""
+    src = source_dataset(kind)
+    return {d: src if d == mw.SOURCE else f"{src}_{d}" for d in mw.DOMAINS}
+
+
 # what every run on the world needs on top of the trainer configs: the world's CLIP and its
 # 32-pixel input, fp32 on the CPU, and no loader workers (bit-for-bit repeatable on the CPU)
 
 
-def world_opts(root: str) -> list[str]:
+def world_opts(root: str, kind: str = "default") -> list[str]:
     """KEY VALUE options that point train.py at the world's CLIP and input size."""
-    spec = read_spec(root)
+    spec = read_spec(root, kind)
     opts = [
         "MODEL.BACKBONE.PATH",
-        os.path.join(os.path.abspath(root), CLIP_FILE),
+        os.path.join(os.path.abspath(root), clip_file(kind)),
         "INPUT.SIZE",
         f"({spec.size}, {spec.size})",
         "DATALOADER.NUM_WORKERS",
@@ -90,13 +109,14 @@ def precision_keys() -> list[str]:
     return sorted(k for k, v in trainer.items() if hasattr(v, "get") and "PREC" in v)
 
 
-def read_spec(root: str) -> mw.WorldSpec:
+def read_spec(root: str, kind: str = "default") -> mw.WorldSpec:
     """The spec of the world written under root (world.json), or one sentence saying how to build it."""
-    stamp = os.path.join(root, mw.DATASET_DIR, "world.json")
+    stamp = os.path.join(root, mw.dataset_dir(kind), "world.json")
     if not os.path.isfile(stamp):
+        flag = "" if kind == "default" else f" --world {kind}"
         raise SystemExit(
-            f"error: no miniature world under {root} ({stamp} is missing); "
-            f"run `python tools/miniworld.py build --root {root}` first."
+            f"error: no {kind} miniature world under {root} ({stamp} is missing); "
+            f"run `python tools/miniworld.py build{flag} --root {root}` first."
         )
     with open(stamp) as f:
         spec = json.load(f)["spec"]
@@ -107,7 +127,7 @@ def build(root: str, spec: mw.WorldSpec, recipe: mw.ClipRecipe, progress: bool =
     """Write the world and its CLIP under root; returns the CLIP weights path."""
     folder = mw.write_world(root, spec, progress=progress)
     cached = mw.cached_clip(spec, recipe, progress=progress)
-    target = os.path.join(root, CLIP_FILE)
+    target = os.path.join(root, clip_file(spec.kind))
     if not os.path.isfile(target) or not filecmp.cmp(cached, target, shallow=False):
         tmp = target + ".tmp"
         shutil.copyfile(cached, tmp)
@@ -127,28 +147,58 @@ def train_py(args: list[str], quiet: bool = True) -> subprocess.CompletedProcess
     return proc
 
 
-def source_flags(root: str, seed: int, trainer: str, config: str) -> list[str]:
+def source_flags(
+    root: str, seed: int, trainer: str, config: str, kind: str = "default"
+) -> list[str]:
     """train.py's flags for `trainer` with configs/trainers/<config>.yaml on the source domain."""
+    dataset = source_dataset(kind)
     return [
         "--root", root, "--seed", str(seed), "--trainer", trainer,
-        "--dataset-config-file", os.path.join(ROOT, f"configs/datasets/{SOURCE_DATASET}.yaml"),
+        "--dataset-config-file", os.path.join(ROOT, f"configs/datasets/{dataset}.yaml"),
         "--config-file", os.path.join(ROOT, "configs/trainers", f"{config}.yaml"),
     ]  # fmt: skip
 
 
-def coop_check(root: str, workdir: str, epochs: int = 20) -> tuple[float, float]:
-    """(CoOp base accuracy, zero-shot base accuracy): CoOp trained on every base training image."""
-    opts = [*world_opts(root), "DATASET.SUBSAMPLE_CLASSES", "base", "DATASET.NUM_SHOTS", "-1"]
-    coop_dir = os.path.join(workdir, "coop")
-    zs_dir = os.path.join(workdir, "zeroshot")
-    for trainer, out, extra in (
-        ("CoOp", coop_dir, ["OPTIM.MAX_EPOCH", str(epochs)]),
-        ("ZeroshotCLIP", zs_dir, []),
-    ):
-        flags = source_flags(root, 1, trainer, "CoOp/vit_b16_ep50_ctxv1")
-        eval_only = ["--eval-only"] if trainer == "ZeroshotCLIP" else []
-        train_py([*flags, "--output-dir", out, *eval_only, *opts, *extra])
-    return _accuracy(coop_dir), _accuracy(zs_dir)
+def coop_check(
+    root: str, workdir: str, epochs: int = 20, kind: str = "default", data_root: str | None = None
+) -> float:
+    """Base accuracy of CoOp trained on every base training image of the world under data_root
+    (default: root; the oracle points it at one camera's copy of the splits)."""
+    opts = [*world_opts(root, kind), "DATASET.SUBSAMPLE_CLASSES", "base", "DATASET.NUM_SHOTS", "-1"]
+    flags = source_flags(data_root or root, 1, "CoOp", "CoOp/vit_b16_ep50_ctxv1", kind)
+    train_py([*flags, "--output-dir", workdir, *opts, "OPTIM.MAX_EPOCH", str(epochs)])
+    return _accuracy(workdir)
+
+
+def zero_shot_check(root: str, workdir: str, kind: str = "default") -> float:
+    """Base accuracy of ZeroshotCLIP on the world."""
+    opts = [*world_opts(root, kind), "DATASET.SUBSAMPLE_CLASSES", "base", "DATASET.NUM_SHOTS", "-1"]
+    flags = source_flags(root, 1, "ZeroshotCLIP", "CoOp/vit_b16_ep50_ctxv1", kind)
+    train_py([*flags, "--output-dir", workdir, "--eval-only", *opts])
+    return _accuracy(workdir)
+
+
+def camera_root(root: str, workdir: str, kind: str, camera: int) -> str:
+    """A data root holding one camera's images of the world only (the world's images folder
+    linked, its split files filtered by cameras.json): where the per-camera oracle trains."""
+    from promptdiff.engine.utils import write_json
+
+    folder = os.path.join(root, mw.dataset_dir(kind))
+    cameras = mw.read_cameras(folder)
+    out = os.path.join(workdir, f"camera{camera}")
+    target = os.path.join(out, mw.dataset_dir(kind))
+    os.makedirs(target, exist_ok=True)
+    link = os.path.join(target, "images")
+    if not os.path.islink(link):
+        os.symlink(os.path.abspath(os.path.join(folder, "images")), link)
+    name = f"split_zhou_{mw.domain_dataset_name(mw.SOURCE, kind)}.json"
+    with open(os.path.join(folder, name)) as f:
+        split = json.load(f)
+    kept = {
+        key: [item for item in items if cameras[item[0]] == camera] for key, items in split.items()
+    }
+    write_json(kept, os.path.join(target, name))
+    return out
 
 
 def _accuracy(run: str, split: str = "test") -> float:
@@ -159,29 +209,61 @@ def _accuracy(run: str, split: str = "test") -> float:
     return parsed[0]["accuracy"]
 
 
-def check(root: str, with_coop: bool = True) -> list[mw.Check]:
-    """Every world check, printed; the CoOp one trains CoOp on all base training images."""
+def check(root: str, with_coop: bool = True, kind: str = "default") -> list[mw.Check]:
+    """Every world check, printed; the CoOp ones train CoOp on all base training images (and, on
+    the per-image-camera world, once per camera: the oracle that knows the camera)."""
     from promptdiff.backbone import load_clip
 
-    spec = read_spec(root)
-    model = load_clip("ViT-B/16", os.path.join(root, CLIP_FILE))
-    checks = mw.world_checks(os.path.join(root, mw.DATASET_DIR), model, spec)
+    spec = read_spec(root, kind)
+    model = load_clip("ViT-B/16", os.path.join(root, clip_file(kind)))
+    folder = os.path.join(root, mw.dataset_dir(kind))
+    if spec.cameras:
+        checks = mw.percam_checks(folder, model, spec)
+    else:
+        checks = mw.world_checks(folder, model, spec)
     if with_coop:
-        work = os.path.join(root, "check_runs")
+        work = os.path.join(root, f"check_runs_{kind}")
         shutil.rmtree(work, ignore_errors=True)
-        coop, zs = coop_check(root, work)
-        checks.append(
-            mw.Check(
-                f"CoOp (all base train images) minus zero-shot on base ({coop:.1f} vs {zs:.1f})",
-                coop - zs,
-                10,
-                None,
-                " pts",
+        coop = coop_check(root, os.path.join(work, "coop"), kind=kind)
+        if spec.cameras:
+            per_camera = [
+                coop_check(
+                    root,
+                    os.path.join(work, f"oracle{k}"),
+                    kind=kind,
+                    data_root=camera_root(root, work, kind, k),
+                )
+                for k in range(len(spec.cameras))
+            ]
+            oracle = sum(per_camera) / len(per_camera)
+            cams = " / ".join(f"{a:.1f}" for a in per_camera)
+            checks.append(
+                mw.Check(
+                    f"oracle (CoOp per camera: {cams}) minus CoOp on base ({oracle:.1f} vs {coop:.1f})",
+                    oracle - coop,
+                    PERCAM_ORACLE_GAP,
+                    None,
+                    " pts",
+                )
             )
-        )
+        else:
+            zs = zero_shot_check(root, os.path.join(work, "zeroshot"), kind)
+            checks.append(
+                mw.Check(
+                    f"CoOp (all base train images) minus zero-shot on base ({coop:.1f} vs {zs:.1f})",
+                    coop - zs,
+                    10,
+                    None,
+                    " pts",
+                )
+            )
     for c in checks:
         print(c.describe())
     return checks
+
+
+# the per-image-camera world: one shared prompt must fall this far behind one prompt per camera
+PERCAM_ORACLE_GAP = 8.0
 
 
 # ---- protocols ---------------------------------------------------------------------------------
@@ -196,15 +278,15 @@ def script(trainer: str, name: str, *args: str, env: dict) -> None:
         )
 
 
-def script_env(root: str, output: str, extra: list[str]) -> dict:
+def script_env(root: str, output: str, extra: list[str], kind: str = "default") -> dict:
     env = dict(os.environ)
     env.update(
         DATA=os.path.abspath(root),
         OUTPUT=os.path.abspath(output),
         SHOTS=str(SHOTS),
-        XD_SOURCE=SOURCE_DATASET,
+        XD_SOURCE=source_dataset(kind),
         PYTHON=sys.executable,
-        EXTRA_OPTS=" ".join(_quote(x) for x in [*world_opts(root), *extra]),
+        EXTRA_OPTS=" ".join(_quote(x) for x in [*world_opts(root, kind), *extra]),
     )
     return env
 
@@ -213,37 +295,48 @@ def _quote(word: str) -> str:
     return f"'{word}'" if any(c in word for c in " ()") else word
 
 
-def run_protocols(root: str, output: str, trainers, seeds, protocols, extra=()) -> None:
+def run_protocols(
+    root: str, output: str, trainers, seeds, protocols, extra=(), kind: str = "default"
+) -> None:
     """base2new and dg for each trainer and seed, through the per-trainer scripts; `extra` are
     KEY VALUE options added to every run."""
-    read_spec(root)
-    env = script_env(root, output, list(extra))
-    domains = [DOMAIN_CONFIGS[d] for d in read_spec(root).domains]
+    env = script_env(root, output, list(extra), kind)
+    configs = domain_configs(kind)
+    source = source_dataset(kind)
+    domains = [configs[d] for d in read_spec(root, kind).domains]
     for seed in seeds:
         for trainer in trainers:
             s = str(seed)
             if "base2new" in protocols:
                 if trainer != "ZeroshotCLIP":
-                    script(trainer, "base2new_train", SOURCE_DATASET, s, env=env)
-                script(trainer, "base2new_test", SOURCE_DATASET, s, env=env)
+                    script(trainer, "base2new_train", source, s, env=env)
+                script(trainer, "base2new_test", source, s, env=env)
             if "dg" in protocols:
                 if trainer != "ZeroshotCLIP":
                     script(trainer, "xd_train", s, env=env)
                 for dataset in domains:
-                    if trainer == "ZeroshotCLIP" or dataset != SOURCE_DATASET:
+                    if trainer == "ZeroshotCLIP" or dataset != source:
                         script(trainer, "xd_test", dataset, s, env=env)
 
 
 def tables(
-    output: str, trainers, seeds, domains, protocols=("base2new", "dg"), std: bool = True
+    output: str,
+    trainers,
+    seeds,
+    domains,
+    protocols=("base2new", "dg"),
+    std: bool = True,
+    kind: str = "default",
 ) -> str:
     """The base2new and dg tables (mean, and ± std over seeds with `std`) as Markdown."""
     out = []
     for protocol in protocols:
         sel = Selection(trainers=list(trainers), seeds=set(seeds))
+        if protocol == "base2new":
+            sel.datasets = [source_dataset(kind)]
         if protocol == "dg":
-            sel.source = SOURCE_DATASET
-            sel.datasets = [DOMAIN_CONFIGS[d] for d in domains if d != mw.SOURCE]
+            sel.source = source_dataset(kind)
+            sel.datasets = [domain_configs(kind)[d] for d in domains if d != mw.SOURCE]
         try:
             out.append(render(build_tables(output, protocol, sel), "markdown", std))
         except ResultsError as exc:
@@ -260,34 +353,35 @@ ABLATIONS = {
 }
 
 
-def ablate(root: str, output: str, trainers, seeds) -> None:
+def ablate(root: str, output: str, trainers, seeds, kind: str = "default") -> None:
     """Re-evaluate every trained *Diff base2new model (base and new) under each ablation, into
     OUTPUT/ablations/<name>/base2new/..., without retraining (STEPS 5 sample is the main run)."""
-    opts = world_opts(root)
+    opts = world_opts(root, kind)
     tree = os.path.join(output, "base2new")
+    source = source_dataset(kind)
     for trainer in trainers:
         for seed in seeds:
-            runs = _train_dirs(tree, trainer, seed)
+            runs = _train_dirs(tree, trainer, seed, source)
             for train_dir, cfg in runs:
                 epoch = _last_epoch(train_dir)
                 for name, extra in ABLATIONS.items():
                     for sub, part in (("base", "train_base"), ("new", "test_new")):
                         out = run_dir(
                             os.path.join(output, "ablations", name), f"base2new/{part}",
-                            SOURCE_DATASET, SHOTS, trainer, cfg, seed,
+                            source, SHOTS, trainer, cfg, seed,
                         )  # fmt: skip
                         if os.path.isfile(os.path.join(out, RESULTS_FILE)):
                             continue
                         print(f"[miniworld] {trainer} seed {seed} {name} {sub}", flush=True)
                         train_py([
-                            *source_flags(root, seed, trainer, f"{trainer}/{cfg}"),
+                            *source_flags(root, seed, trainer, f"{trainer}/{cfg}", kind),
                             "--output-dir", out, "--eval-only", "--model-dir", train_dir,
                             "--load-epoch", str(epoch), *opts, "DATASET.NUM_SHOTS", str(SHOTS),
                             "DATASET.SUBSAMPLE_CLASSES", sub, *extra,
                         ])  # fmt: skip
 
 
-def ablation_table(output: str, trainers, seeds) -> str:
+def ablation_table(output: str, trainers, seeds, kind: str = "default") -> str:
     """Markdown: Base / New (mean ± std over seeds) and HM of each *Diff trainer's base2new models
     under the main setting (INFERENCE sample, 5 steps) and each ablation, from the results
     library (HM of the seed-averaged Base and New, as in every table)."""
@@ -299,7 +393,7 @@ def ablation_table(output: str, trainers, seeds) -> str:
     ]
     lines = ["| Trainer | Setting | Base | New | HM |", "|:--|:--|--:|--:|--:|"]
     for trainer in trainers:
-        sel = Selection(trainers=[trainer], datasets=[SOURCE_DATASET], seeds=set(seeds))
+        sel = Selection(trainers=[trainer], datasets=[source_dataset(kind)], seeds=set(seeds))
         for label, root in settings:
             try:
                 (result,) = base2new_results(root, sel)
@@ -334,16 +428,18 @@ def combinations(grid: list[tuple[str, list[str]]]) -> list[list[str]]:
     return combos
 
 
-def tune(root, output, trainer, cfg, grid, eval_grid, seed: int = 1) -> list[tuple[str, float]]:
+def tune(
+    root, output, trainer, cfg, grid, eval_grid, seed: int = 1, kind: str = "default"
+) -> list[tuple[str, float]]:
     """Train `trainer` on 16 base shots for each grid combination and evaluate each on the base
     classes' val split (with every eval-grid combination, without retraining); returns
     [(options, val accuracy)] and prints them, best marked."""
-    common = source_flags(root, seed, trainer, f"{trainer}/{cfg}")
-    opts = [*world_opts(root), "DATASET.NUM_SHOTS", str(SHOTS),
+    common = source_flags(root, seed, trainer, f"{trainer}/{cfg}", kind)
+    opts = [*world_opts(root, kind), "DATASET.NUM_SHOTS", str(SHOTS),
             "DATASET.SUBSAMPLE_CLASSES", "base", "TEST.SPLIT", "val"]  # fmt: skip
     rows = []
     for k, combo in enumerate(combinations(grid)):
-        train_dir = os.path.join(output, "tune", trainer, cfg, f"seed{seed}", f"run{k}")
+        train_dir = os.path.join(output, "tune", kind, trainer, cfg, f"seed{seed}", f"run{k}")
         if not os.path.isfile(os.path.join(train_dir, results_file("val"))):
             print(f"[tune] {trainer} {' '.join(combo)}", flush=True)
             train_py([*common, "--output-dir", train_dir, *opts, *combo])
@@ -361,8 +457,8 @@ def tune(root, output, trainer, cfg, grid, eval_grid, seed: int = 1) -> list[tup
     return rows
 
 
-def _train_dirs(tree: str, trainer: str, seed: int) -> list[tuple[str, str]]:
-    base = os.path.join(tree, "train_base", SOURCE_DATASET, f"shots_{SHOTS}", trainer)
+def _train_dirs(tree: str, trainer: str, seed: int, source: str) -> list[tuple[str, str]]:
+    base = os.path.join(tree, "train_base", source, f"shots_{SHOTS}", trainer)
     if not os.path.isdir(base):
         return []
     return [
@@ -382,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("build", "check", "run", "ablate", "table", "tune"):
         p = sub.add_parser(name)
         p.add_argument("--root", required=True, help="folder that holds (or will hold) the world")
+        p.add_argument("--world", default="default", choices=WORLD_KINDS, help="which world")
         if name == "build":
             p.add_argument("--seed", type=int, default=0, help="the world's seed")
         if name == "check":
@@ -404,17 +501,17 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if args.command == "build":
-        build(args.root, mw.WorldSpec(seed=args.seed), mw.ClipRecipe())
+        build(args.root, replace(mw.WORLDS[args.world], seed=args.seed), mw.ClipRecipe())
         return 0
     if args.command == "check":
-        return 0 if all(c.ok for c in check(args.root, not args.no_coop)) else 1
+        return 0 if all(c.ok for c in check(args.root, not args.no_coop, args.world)) else 1
     if args.command == "tune":
         if args.trainer not in TRAINERS:
             raise SystemExit(
                 f"error: unknown trainer {args.trainer!r}; use one of {','.join(TRAINERS)}."
             )
         tune(args.root, args.output, args.trainer, args.config, parse_grid(args.grid),
-             parse_grid(args.eval_grid), args.seed)  # fmt: skip
+             parse_grid(args.eval_grid), args.seed, args.world)  # fmt: skip
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     trainers = [t for t in args.trainers.split(",") if t]
@@ -424,13 +521,16 @@ def main(argv: list[str] | None = None) -> int:
     protocols = ("base2new", "dg")
     if args.command == "run":
         protocols = args.protocols.split(",")
-        run_protocols(args.root, args.output, trainers, seeds, protocols, args.opts.split())
+        run_protocols(
+            args.root, args.output, trainers, seeds, protocols, args.opts.split(), args.world
+        )
     elif args.command == "ablate":
         diff = [t for t in trainers if t in DIFF_TRAINERS]
-        ablate(args.root, args.output, diff, seeds)
-        print(ablation_table(args.output, diff, seeds))
+        ablate(args.root, args.output, diff, seeds, args.world)
+        print(ablation_table(args.output, diff, seeds, args.world))
         return 0
-    print(tables(args.output, trainers, seeds, read_spec(args.root).domains, protocols))
+    domains = read_spec(args.root, args.world).domains
+    print(tables(args.output, trainers, seeds, domains, protocols, kind=args.world))
     return 0
 
 
