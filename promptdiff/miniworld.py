@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -68,10 +68,10 @@ class WorldSpec:
     # for a learned prompt to recover.
     camera_hue: float = 35.0
     # Per-image cameras (the `percam` world): each image draws camera k uniformly from its own
-    # random stream, its hues turn by camera_hue + cameras[k], and the camera stamps its tell,
-    # white bands along the edges TAGS[k] names, onto the finished image. The turn changes which class an
-    # image's colours look like, differently per camera, so no shared prompt can undo it; the band
-    # shows which turn it was, so a model that sees the image can. () = one camera for every image.
+    # random stream, its hues turn by camera_hue + cameras[k], and it stamps its tell TAGS[k] on
+    # the finished image. The turn changes which class an image's colours look like, differently
+    # per camera, so no shared prompt can undo it; the tell shows which turn it was, so a model
+    # that sees the image can. () = one camera for every image.
     cameras: tuple[float, ...] = ()
 
     def __post_init__(self):
@@ -101,17 +101,19 @@ class WorldSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# where a camera stamps its tell (a camera's index picks one): white bands along the top and bottom
-# edges only, so the training augmentation's horizontal flip keeps every camera's tell
-TAGS = ("top", "bottom", "top and bottom")
-# band height in pixels at the world's 32-pixel size: most of one 4-pixel ViT patch row
+# each camera's tell, stamped on the finished image (a camera's index picks one): nothing, or
+# near-white bands TAG_WIDTH pixels high along the edges named. Top and bottom only, so the
+# training augmentation's horizontal flip keeps the tell. Measured with the default world's CLIP
+# (docs/RESULTS_MINIWORLD.md, the per-image-camera world): the bands are read (camera probe 96 %)
+# but cost class information the more of them there are, so the world has two cameras
+TAGS = ("", "top", "bottom", "top and bottom")
 TAG_WIDTH = 3
 # the named worlds `tools/miniworld.py --world` builds
 WORLDS: dict[str, WorldSpec] = {
     "default": WorldSpec(),
-    # hue turns a third of the circle apart: under each camera most colours look like another
-    # class's colour under another camera (red turned 120 degrees is green's hue)
-    "percam": WorldSpec(camera_hue=0.0, cameras=(0.0, 120.0, 240.0)),
+    # PERCAM_TURN: under the second camera most colours look like another class's colour under
+    # the first (red turned 120 degrees is green's hue)
+    "percam": WorldSpec(camera_hue=0.0, cameras=(0.0, 120.0)),
 }
 
 
@@ -230,7 +232,6 @@ class Scene:
     domain: str
     count: int
     size: str  # "small" | "large"
-    tag: str = ""  # the edge of a camera's band (TAGS), "" for none
 
 
 def sample_scene(colour: str, shape: str, domain: str, rng: np.random.Generator) -> Scene:
@@ -343,20 +344,19 @@ def render_example(
     if camera < 0:
         return turn_hue(render(scene, spec.size, rng), spec.camera_hue), scene
     img = turn_hue(render(scene, spec.size, rng), spec.camera_hue + spec.cameras[camera])
-    scene = replace(scene, tag=TAGS[camera])
-    return stamp_tag(img, scene.tag, rng), scene
+    return stamp_tag(img, TAGS[camera], rng), scene
 
 
-def stamp_tag(img: Image.Image, edge: str, rng: np.random.Generator) -> Image.Image:
-    """`img` with near-white bands TAG_WIDTH pixels high along the edges `edge` names ("top",
-    "bottom", "top and bottom"; "" = unchanged)."""
-    if not edge:
+def stamp_tag(img: Image.Image, tag: str, rng: np.random.Generator) -> Image.Image:
+    """`img` with near-white bands TAG_WIDTH pixels high along the edges `tag` names ("top",
+    "bottom", "top and bottom"; "" leaves the image as it is and draws nothing from rng)."""
+    if not tag:
         return img
     arr = np.asarray(img).copy()
     value = int(rng.integers(225, 256))
-    if "top" in edge:
+    if "top" in tag:
         arr[:TAG_WIDTH] = value
-    if "bottom" in edge:
+    if "bottom" in tag:
         arr[-TAG_WIDTH:] = value
     return Image.fromarray(arr)
 
@@ -398,10 +398,6 @@ def caption(scene: Scene, rng: np.random.Generator, mode: str = "full") -> str:
         )
     else:
         thing = f"{article} {size}{scene.colour} {noun}"
-    # a camera's band is named as web captions name a watermark: now and then
-    if scene.tag and rng.random() < 0.5:
-        bands = "white bands" if "and" in scene.tag else "a white band"
-        thing = f"{thing} with {bands} at the {scene.tag}"
     prefix = rng.choice(DOMAIN_WORDS[scene.domain]) if rng.random() < 0.7 else ""
     template = rng.integers(0, 3)
     if template == 0 and prefix:
@@ -450,11 +446,11 @@ def write_world(root: str, spec: WorldSpec | None = None, progress: bool = True)
         rel = f"{domain}/{folder_name(colour, shape)}/{split}_{i:03d}.png"
         path = os.path.join(folder, "images", rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        img, scene = render_example(spec, label, domain, split, i)
+        img, _ = render_example(spec, label, domain, split, i)
         img.save(path)
         splits[domain][split].append([rel, label, class_name(colour, shape)])
-        if scene.tag:
-            cameras[rel] = TAGS.index(scene.tag)
+        if spec.cameras:
+            cameras[rel] = camera_of(spec, label, domain, split, i)
     for domain, split_lists in splits.items():
         name = domain_dataset_name(domain, spec.kind)
         write_json(split_lists, os.path.join(folder, f"split_zhou_{name}.json"))
@@ -513,10 +509,20 @@ class ClipRecipe:
 
     def digest(self, spec: WorldSpec) -> str:
         blob = json.dumps(
-            {"version": WORLD_VERSION, "recipe": asdict(self), "world": spec.digest()},
+            {
+                "version": WORLD_VERSION,
+                "recipe": asdict(self),
+                "world": pretraining_spec(spec).digest(),
+            },
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretraining_spec(spec: WorldSpec) -> WorldSpec:
+    """The part of a world its CLIP is pre-trained on: pre-training never sees a downstream camera,
+    so worlds that differ only in their cameras share one CLIP (and its cache file)."""
+    return WorldSpec(**{**asdict(spec), "camera_hue": WorldSpec.camera_hue, "cameras": ()})
 
 
 def build_clip(recipe: ClipRecipe, size: int):
@@ -564,15 +570,7 @@ def pretraining_pool(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True)
         rng = _rng(spec.seed, "pretrain", recipe.seed, colour, shape, i)
         domain = domains[int(rng.choice(len(domains), p=weights))]
         scene = sample_scene(colour, shape, domain, rng)
-        img = render(scene, spec.size, rng)
-        if spec.cameras:
-            # random bands (or none), independent of the content and never with a hue
-            # turn: pre-training learns to see the band, not what a camera does to colours
-            edges = ("", *TAGS[: len(spec.cameras)])
-            tag_rng = _rng(spec.seed, "pretrain-tag", recipe.seed, colour, shape, i)
-            scene = replace(scene, tag=edges[int(tag_rng.integers(len(edges)))])
-            img = stamp_tag(img, scene.tag, tag_rng)
-        images.append(img)
+        images.append(render(scene, spec.size, rng))
         scenes.append(scene)
     return to_tensor(images), scenes
 

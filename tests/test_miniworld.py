@@ -167,16 +167,18 @@ def test_percam_world_is_deterministic_and_keeps_the_default_world_unchanged():
     assert not np.array_equal(
         np.asarray(a), np.asarray(mw.render_example(other, 3, "photo", "train", 4)[0])
     )
-    # the camera draw has its own stream: the scene underneath is the default world's scene
+    # the camera draw has its own stream: the scene underneath is the one-camera world's scene
     plain = replace(PERCAM_TINY, cameras=())
-    _, scene_plain = mw.render_example(plain, 3, "photo", "train", 4)
-    assert replace(scene_a, tag="") == scene_plain
-    assert scene_a.tag == mw.TAGS[mw.camera_of(PERCAM_TINY, 3, "photo", "train", 4)]
+    assert mw.render_example(plain, 3, "photo", "train", 4)[1] == scene_a
     # a world without cameras keeps its digest (and so its cached CLIP and written files)
     assert mw.WorldSpec().digest() == "9ee56b88a568d64e"
     assert PERCAM_TINY.kind == "percam" and mw.WorldSpec().kind == "default"
-    with pytest.raises(ValueError, match="at most 3 cameras"):
-        mw.WorldSpec(cameras=(0.0, 90.0, 180.0, 270.0))
+    with pytest.raises(ValueError, match="at most 4 cameras"):
+        mw.WorldSpec(cameras=(0.0, 72.0, 144.0, 216.0, 288.0))
+    # worlds that differ only in their cameras share one pre-trained CLIP
+    recipe = mw.ClipRecipe()
+    assert recipe.digest(PERCAM_TINY) == recipe.digest(replace(PERCAM_TINY, cameras=()))
+    assert recipe.digest(mw.WORLDS["percam"]) == recipe.digest(mw.WorldSpec())
 
 
 def test_percam_camera_turns_hue_and_stamps_a_band_visible_in_the_pixels(tmp_path):
@@ -185,24 +187,25 @@ def test_percam_camera_turns_hue_and_stamps_a_band_visible_in_the_pixels(tmp_pat
     cameras = mw.read_cameras(folder)
     pixels, labels, rels = mw.load_split(folder, "photo", "train", "percam")
     cams = torch.tensor([cameras[r] for r in rels])
-    assert len(rels) == 40 * PERCAM_TINY.n_train and set(cams.tolist()) == {0, 1, 2}
+    assert len(rels) == 40 * PERCAM_TINY.n_train and set(cams.tolist()) == {0, 1}
     # the camera is in the pixels: a linear probe on the mean of each pixel row reads it on
-    # held-out images far above the 33 % of chance
+    # held-out images far above the 50 % of chance
     rows = pixels.mean(dim=3).flatten(1)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
     train, test = order[:160], order[160:]
     acc = mw.linear_probe(rows[train], cams[train], rows[test], cams[test], epochs=200)
     assert acc >= 90.0
     # and the same scene under camera k is its camera-0 rendering turned by cameras[k]
-    for label, index in ((0, 0), (5, 1)):
+    for label, index in ((0, 0), (0, 1)):  # one image of each camera
         k = mw.camera_of(PERCAM_TINY, label, "photo", "train", index)
         img, _ = mw.render_example(PERCAM_TINY, label, "photo", "train", index)
         colour, shape = mw.classes(PERCAM_TINY)[label]
         rng = mw._rng(PERCAM_TINY.seed, "photo", "train", colour, shape, index)
         scene = mw.sample_scene(colour, shape, "photo", rng)
         raw = mw.turn_hue(mw.render(scene, PERCAM_TINY.size, rng), PERCAM_TINY.cameras[k])
-        inner = slice(mw.TAG_WIDTH, -mw.TAG_WIDTH)
-        assert np.array_equal(np.asarray(img)[inner], np.asarray(raw)[inner])
+        below = slice(mw.TAG_WIDTH, None)  # the second camera's band covers the top rows
+        assert np.array_equal(np.asarray(img)[below], np.asarray(raw)[below])
+        assert k == 0 or np.asarray(img)[: mw.TAG_WIDTH].min() >= 225
 
 
 def test_percam_world_reads_as_its_own_datasets(tmp_path):
