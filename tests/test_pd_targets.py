@@ -122,7 +122,7 @@ def test_class_means_load_into_a_model_built_for_other_classes():
 
 
 # ---- save, resume, reload, new classes (both variants together) ------------------------------
-RESUME_OPTS = ("OPTIM.MAX_EPOCH", "3", "TRAINER.PD.STAGE1_EPOCHS", "1", "DATASET.NUM_SHOTS", "2",
+RESUME_OPTS = ("OPTIM.MAX_EPOCH", "2", "TRAINER.PD.STAGE1_EPOCHS", "0", "DATASET.NUM_SHOTS", "2",
                "TRAINER.PD.CENTER", "span", "TRAINER.PD.OVERFIT_TARGET", "entropy",
                "TRAINER.PD.OVERFIT_VIEWS", "4", "TRAINER.PD.OVERFIT_CONFIDENT", "0.5")  # fmt: skip
 
@@ -133,15 +133,15 @@ def test_centred_label_free_run_resumes_reloads_and_evaluates_new_classes(
     full, part = tmp_path / "full", tmp_path / "part"
     assert cli(_args(shapes_root, tiny_weights, full, *RESUME_OPTS)) == 0
     log = (full / "log.txt").read_text()
-    for epoch in (2, 3):
+    for epoch in (1, 2):
         fit = re.search(
-            rf"Over-fitting in epoch {epoch}/3: per-sample entropy \(label-free\) ([0-9.]+) -> "
+            rf"Over-fitting in epoch {epoch}/2: per-sample entropy \(label-free\) ([0-9.]+) -> "
             r"([0-9.]+)",
             log,
         )
         assert fit and float(fit.group(2)) < float(fit.group(1))
         removed = re.search(
-            rf"Class-centred targets in epoch {epoch}/3 \(TRAINER.PD.CENTER span\): mu_y removed "
+            rf"Class-centred targets in epoch {epoch}/2 \(TRAINER.PD.CENTER span\): mu_y removed "
             r"([0-9.]+)% of the residual energy",
             log,
         )
@@ -149,18 +149,18 @@ def test_centred_label_free_run_resumes_reloads_and_evaluates_new_classes(
 
     original = SimpleTrainer.after_epoch
 
-    def crash_after_second_epoch(self):
+    def crash_after_first_epoch(self):
         original(self)
-        if self.epoch == 1:
+        if self.epoch == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(SimpleTrainer, "after_epoch", crash_after_second_epoch)
+    monkeypatch.setattr(SimpleTrainer, "after_epoch", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         cli(_args(shapes_root, tiny_weights, part, *RESUME_OPTS))
     monkeypatch.setattr(SimpleTrainer, "after_epoch", original)
     assert cli(_args(shapes_root, tiny_weights, part, *RESUME_OPTS)) == 0
-    assert "Resumed from the checkpoint of epoch 2" in (part / "log.txt").read_text()
-    name = "denoiser/model.pth.tar-3"
+    assert "Resumed from the checkpoint of epoch 1" in (part / "log.txt").read_text()
+    name = "denoiser/model.pth.tar-2"
     a = torch.load(full / name, weights_only=True)["state_dict"]
     b = torch.load(part / name, weights_only=True)["state_dict"]
     assert set(a) == set(b) and a["centres.count"].sum() > 0
@@ -169,15 +169,20 @@ def test_centred_label_free_run_resumes_reloads_and_evaluates_new_classes(
     assert read_results(full)["accuracy"] == read_results(part)["accuracy"]
 
     fresh = _build(_args(shapes_root, tiny_weights, tmp_path / "fresh", *RESUME_OPTS))
-    fresh.load_model(str(full), epoch=3)
+    fresh.load_model(str(full), epoch=2)
     for key, value in fresh.diffusion.state_dict().items():
         assert torch.equal(value, a[key]), key
 
     # base-to-new: the model has 3 classes, the saved means 6; strict loading still succeeds
-    load = ["--eval-only", "--model-dir", str(full), "--load-epoch", "3"]
+    load = ["--eval-only", "--model-dir", str(full), "--load-epoch", "2"]
     new = ("DATASET.SUBSAMPLE_CLASSES", "new", *RESUME_OPTS)
     assert cli([*load, *_args(shapes_root, tiny_weights, tmp_path / "new", *new)]) == 0
     assert read_results(tmp_path / "new")["subsample_classes"] == "new"
+    on_new = _build(_args(shapes_root, tiny_weights, tmp_path / "new2", *new))
+    assert on_new.num_classes == 3 and on_new.diffusion.centres.total.shape[0] == 3
+    on_new.load_model(str(full), epoch=2)
+    assert torch.equal(on_new.diffusion.centres.total, a["centres.total"])
+    assert torch.equal(on_new.diffusion.centres.count, a["centres.count"])
 
     # INFERENCE tune is a test-time key: --eval-only accepts it and times the tuning
     tune = (*RESUME_OPTS, "TRAINER.PD.INFERENCE", "tune")

@@ -146,10 +146,11 @@ class OverfitStats:
                 f"{self.center}): mu_y removed {removed:.1%} of the residual energy"
             )
         # label-free over-fitting does not aim at the label: only its entropy drop is a target
+        want = f"want >= {WARN_DROP:.0%}" + ("" if self.entropy else f" and >= {WARN_ACC:g}%")
         if drop < WARN_DROP or (acc < WARN_ACC and not self.entropy):
             log(
-                f"WARNING: stage-2 over-fitting is weak (loss {drop:.1%} lower, per-sample "
-                f"accuracy {acc:.1f}%; want >= {WARN_DROP:.0%} and >= {WARN_ACC:g}%): the "
+                f"WARNING: stage-2 over-fitting is weak ({what} {drop:.1%} lower, per-sample "
+                f"accuracy {acc:.1f}%; {want}): the "
                 "diffusion model learns little beyond the base prompt. Raise "
                 "TRAINER.PD.OVERFIT_STEPS or TRAINER.PD.OVERFIT_LR (or set OVERFIT_LR auto)."
             )
@@ -497,7 +498,6 @@ class PromptDiffusionMixin:
             f"{self.cfg.TRAINER.PD.OVERFIT_OPTIM} steps"
         )
         tried = []
-        # label-free over-fitting has no label to reach: its entropy drop alone decides
         for factor in OVERFIT_LR_FACTORS:
             lr = factor * scale
             fit, acc = run(lr)
@@ -507,7 +507,7 @@ class PromptDiffusionMixin:
                 f"-> {fit.mean_after:.4f} ({drop:.0%} lower)"
                 + ("" if label_free else f", per-sample accuracy {acc:.1f}%")
             )
-            if label_free:
+            if label_free:  # no label to reach: the entropy drop alone decides
                 acc = 100.0
             tried.append((acc, drop, lr))
             if acc >= CALIBRATION_ACC and drop >= CALIBRATION_DROP:
