@@ -12,6 +12,8 @@ Depends on torch only. The pieces, each usable alone:
   zero-initialised output head.
 - :class:`RunningStandardizer`: per-element running mean/std of the targets (buffers);
   ``prompt_to_target`` / ``target_to_prompt``: residual (p* - p) or absolute targets.
+- :class:`ClassMeans`: per-class running mean residual mu_y and ``centre`` (r - mu_y, or r without
+  its mu_y component); ``PromptDiffusion(class_centres=K)`` keeps one in its state_dict.
 - :class:`PromptDiffusion`: the facade. ``training_loss(x0, cond) -> (loss, x0_hat)``,
   ``sample(cond, steps=5, sampler='ddim', generator=None, noise=None) -> prompts``,
   ``update_ema()``; its state_dict carries the standardisation stats and the EMA weights.
@@ -19,6 +21,7 @@ Depends on torch only. The pieces, each usable alone:
   each over-fitted on its own loss with one batched backward pass per step.
 """
 
+from promptdiff.diffusion.centering import CENTER_MODES, ClassMeans
 from promptdiff.diffusion.denoiser import PromptDenoiser, timestep_embedding
 from promptdiff.diffusion.ema import ema_update, warmup_decay
 from promptdiff.diffusion.model import PromptDiffusion
@@ -45,6 +48,8 @@ from promptdiff.diffusion.standardize import (
 )
 
 __all__ = [
+    "CENTER_MODES",
+    "ClassMeans",
     "FORMULATIONS",
     "OPTIMIZERS",
     "PREDICTIONS",

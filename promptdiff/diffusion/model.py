@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from promptdiff.diffusion.centering import ClassMeans
 from promptdiff.diffusion.denoiser import PromptDenoiser
 from promptdiff.diffusion.ema import ema_update, warmup_decay
 from promptdiff.diffusion.samplers import get_sampler
@@ -54,6 +55,7 @@ class PromptDiffusion(nn.Module):
         dropout: float = 0.0,
         ema_decay: float = 0.999,
         use_ema: bool = True,
+        class_centres: int = 0,
     ):
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -78,6 +80,8 @@ class PromptDiffusion(nn.Module):
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval() if use_ema else None
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.stats = RunningStandardizer(self.prompt_shape)
+        # class_centres = K > 0: a per-class running mean of the raw targets (see centering.py)
+        self.centres = ClassMeans(class_centres, self.prompt_shape) if class_centres else None
         # the per-sample over-fitting step size once calibrated (0: not yet), saved with the rest
         self.register_buffer("overfit_lr", torch.zeros((), dtype=torch.float64))
 
