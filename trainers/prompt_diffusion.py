@@ -54,7 +54,7 @@ declare_keys(
     SCHEDULE="linear",  # linear | cosine (vp only)
     TIMESTEPS=100,
     PREDICTION="x0",  # x0 | eps | v
-    SAMPLER="ddim",  # ddim | euler | heun | dpmpp_2m
+    SAMPLER="ddim",  # ddim | euler | heun | dpmpp_2m | x0_refeed
     STEPS=5,
     NUM_SAMPLES=1,  # M noise draws whose logits are averaged at test time
     NOISE_SEED=0,

@@ -6,8 +6,9 @@ Depends on torch only. The pieces, each usable alone:
   gives a :class:`Schedule` (x_t = alpha_t x0 + sigma_t eps); ``time_grid(schedule, steps)`` the
   S+1-point grid a sampler walks; ``prediction_target`` / ``x0_from_prediction`` convert between
   x0, eps and v.
-- samplers: ``ddim``, ``euler``, ``heun``, ``dpmpp_2m`` (``SAMPLERS``, ``get_sampler``), pure
-  functions ``(model_fn, x, grid, cond) -> x_clean`` with ``model_fn(x, t, cond) -> x0_hat``.
+- samplers: ``ddim``, ``euler``, ``heun``, ``dpmpp_2m`` and the x0-feedback loop ``x0_refeed``
+  (``SAMPLERS``, ``get_sampler``), pure functions ``(model_fn, x, grid, cond) -> x_clean`` with
+  ``model_fn(x, t, cond) -> x0_hat``.
 - :class:`PromptDenoiser`: transformer over [condition, time, prompt-vector] tokens with a
   zero-initialised output head.
 - :class:`RunningStandardizer`: per-element running mean/std of the targets (buffers);
@@ -23,7 +24,15 @@ from promptdiff.diffusion.denoiser import PromptDenoiser, timestep_embedding
 from promptdiff.diffusion.ema import ema_update, warmup_decay
 from promptdiff.diffusion.model import PromptDiffusion
 from promptdiff.diffusion.overfit import OPTIMIZERS, OverfitResult, overfit_per_sample
-from promptdiff.diffusion.samplers import SAMPLERS, ddim, dpmpp_2m, euler, get_sampler, heun
+from promptdiff.diffusion.samplers import (
+    SAMPLERS,
+    ddim,
+    dpmpp_2m,
+    euler,
+    get_sampler,
+    heun,
+    x0_refeed,
+)
 from promptdiff.diffusion.schedules import (
     FORMULATIONS,
     PREDICTIONS,
@@ -74,4 +83,5 @@ __all__ = [
     "timestep_embedding",
     "warmup_decay",
     "x0_from_prediction",
+    "x0_refeed",
 ]
