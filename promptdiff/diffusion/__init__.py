@@ -15,13 +15,20 @@ Depends on torch only. The pieces, each usable alone:
   ``prompt_to_target`` / ``target_to_prompt``: residual (p* - p) or absolute targets.
 - :class:`PromptDiffusion`: the facade. ``training_loss(x0, cond) -> (loss, x0_hat)``,
   ``sample(cond, steps=5, sampler='ddim', generator=None, noise=None) -> prompts``,
-  ``update_ema()``; its state_dict carries the standardisation stats and the EMA weights.
+  ``update_ema()``; its state_dict carries the standardisation stats and the EMA weights. Built
+  with ``context=True`` both take ``context=`` [B, C], a second condition token (None: none).
+- ``neighbour_context(cond, k, pool=None)``: the mean condition of each sample's k nearest
+  neighbours (cosine) in its batch or in a pool, a ``context`` for the above.
+- ``fit_sums(pred, target, mean)`` / ``fit_figures(sums)``: R^2 and cosine of predicted targets,
+  accumulated over batches.
 - ``overfit_per_sample(loss_fn, base, batch_size, steps, lr, optimizer)``: B copies of a prompt,
   each over-fitted on its own loss with one batched backward pass per step.
 """
 
+from promptdiff.diffusion.context import neighbour_context
 from promptdiff.diffusion.denoiser import PromptDenoiser, timestep_embedding
 from promptdiff.diffusion.ema import ema_update, warmup_decay
+from promptdiff.diffusion.fit import fit_figures, fit_sums
 from promptdiff.diffusion.model import PromptDiffusion
 from promptdiff.diffusion.overfit import OPTIMIZERS, OverfitResult, overfit_per_sample
 from promptdiff.diffusion.samplers import (
@@ -71,10 +78,13 @@ __all__ = [
     "dpmpp_2m",
     "ema_update",
     "euler",
+    "fit_figures",
+    "fit_sums",
     "get_sampler",
     "heun",
     "linear_betas",
     "make_schedule",
+    "neighbour_context",
     "overfit_per_sample",
     "prediction_target",
     "prompt_to_target",
