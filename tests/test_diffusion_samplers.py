@@ -17,6 +17,8 @@ from promptdiff.diffusion import (
 )
 
 PATHS = [("vp", "linear"), ("vp", "cosine"), ("flow", "linear")]
+# x0_refeed feeds estimates back without re-noising: it does not integrate the ODE
+ODE_SAMPLERS = sorted(set(SAMPLERS) - {"x0_refeed"})
 
 
 def gaussian_problem(formulation: str, schedule: str, dim: int = 32, n: int = 128):
@@ -46,7 +48,7 @@ def rms_error(formulation, schedule, sampler, steps):
     return (out - exact(noise, grid)).pow(2).mean().sqrt().item()
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", ODE_SAMPLERS)
 @pytest.mark.parametrize(("formulation", "schedule"), PATHS)
 def test_error_to_exact_flow_falls_with_steps(formulation, schedule, sampler):
     errors = [rms_error(formulation, schedule, sampler, s) for s in (2, 5, 10, 50)]
@@ -95,7 +97,7 @@ def test_one_step_returns_the_x0_prediction_at_pure_noise(formulation, schedule,
     torch.testing.assert_close(out, model_fn(noise, grid.t[0].item(), None))
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+@pytest.mark.parametrize("sampler", ODE_SAMPLERS)
 @pytest.mark.parametrize("formulation", ["vp", "flow"])
 def test_all_steps_is_accurate(formulation, sampler):
     assert rms_error(formulation, "linear", sampler, 100) < 0.025
@@ -114,6 +116,34 @@ def test_ddim_with_all_steps_is_the_full_ddim_chain():
         x = prev.sqrt() * x0 + (1 - prev).sqrt() * eps
     out = SAMPLERS["ddim"](model_fn, noise, time_grid(sched, T), None)
     torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("formulation", "schedule"), PATHS)
+def test_x0_refeed_one_step_is_ddim_one_step(formulation, schedule):
+    sched, model_fn, noise, _ = gaussian_problem(formulation, schedule)
+    grid = time_grid(sched, 1)
+    refeed = SAMPLERS["x0_refeed"](model_fn, noise, grid, None)
+    assert torch.equal(refeed, SAMPLERS["ddim"](model_fn, noise, grid, None))
+
+
+def test_x0_refeed_two_steps_by_hand():
+    """f(x, t, c) = x / 2 + t c / 100 on the vp grid (99, 49, -1): x1 = f(n, 99) and the result
+    f(x1, 49) = n / 4 + (0.99 / 2 + 0.49) c; DDIM re-noises in between and differs."""
+    sched = make_schedule("vp", "linear", 100)
+    grid = time_grid(sched, 2)
+    assert grid.t.tolist() == [99, 49, -1]
+    noise = torch.tensor([[1.0, -2.0, 4.0]], dtype=torch.float64)
+    cond = torch.tensor([[0.5, 1.0, -1.0]], dtype=torch.float64)
+    calls = []
+
+    def model_fn(x, t, c):
+        calls.append(t)
+        return x / 2 + t * c / 100
+
+    out = SAMPLERS["x0_refeed"](model_fn, noise, grid, cond)
+    assert calls == [99.0, 49.0]
+    torch.testing.assert_close(out, noise / 4 + 0.985 * cond, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(SAMPLERS["ddim"](model_fn, noise, grid, cond), out)
 
 
 def test_time_grids():

@@ -33,10 +33,10 @@ def _stage2_batches(trainer, n: int, capture: dict) -> None:
         capture.setdefault("fit", []).append((fit.targets, base.detach(), label))
         return fit, acc
 
-    def loss_spy(x0, cond, *a):
+    def loss_spy(x0, cond, *a, **kw):
         capture.setdefault("x0", []).append(x0.detach().clone())
         capture.setdefault("mean", []).append(trainer.diffusion.centres.mean.clone())
-        return loss(x0, cond, *a)
+        return loss(x0, cond, *a, **kw)
 
     trainer.overfit, trainer.diffusion.training_loss = overfit_spy, loss_spy
     trainer.set_model_mode("train")

@@ -11,6 +11,7 @@ The baseline's model provides the three hooks of trainers.prompted.DiffusionHook
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -30,11 +31,16 @@ from promptdiff.diffusion import (
     TARGET_MODES,
     OverfitResult,
     PromptDiffusion,
+    fit_figures,
+    fit_sums,
+    neighbour_context,
     overfit_per_sample,
     prompt_to_target,
     target_to_prompt,
 )
 from promptdiff.engine import count_num_param, distributed
+from promptdiff.engine.data import DatasetWrapper
+from promptdiff.engine.utils import write_json
 from promptdiff.host import log
 from trainers.base import accuracy
 from trainers.overfit_classes import overfit_loss_classes
@@ -43,6 +49,8 @@ from trainers.prompted import DiffusionHooks
 
 INFERENCE_MODES = ("sample", "base", "mean", "tune")
 OVERFIT_TARGETS = ("label", "entropy")
+# where SET_CONTEXT's neighbours come from at test time (see PromptDiffusionMixin.build_context_pool)
+CONTEXT_POOLS = ("batch", "split", "train")
 
 declare_keys(
     "TRAINER.PD",
@@ -60,13 +68,23 @@ declare_keys(
     SCHEDULE="linear",  # linear | cosine (vp only)
     TIMESTEPS=100,
     PREDICTION="x0",  # x0 | eps | v
-    SAMPLER="ddim",  # ddim | euler | heun | dpmpp_2m
+    SAMPLER="ddim",  # ddim | euler | heun | dpmpp_2m | x0_refeed
     STEPS=5,
     NUM_SAMPLES=1,  # M noise draws whose logits are averaged at test time
     NOISE_SEED=0,
     # sample (generated prompts) | base (the baseline's prompt alone) | mean (base + mean target)
     # | tune (test-time prompt tuning: each test image over-fitted label-free, no diffusion)
     INFERENCE="sample",
+    # --- set context and held-out fit (issue 17, A1) ---
+    # k > 0: the denoiser also sees the mean condition of each image's k nearest neighbours
+    # (cosine) in its batch; 0 = off
+    SET_CONTEXT=0,
+    # test time: batch (neighbours in the test batch) | split / train (a fixed seeded random pool
+    # of DATALOADER.TEST.BATCH_SIZE images of the evaluated split / of the training images)
+    SET_CONTEXT_POOL="batch",
+    # after training, the denoiser's fit to the val images' over-fitted targets (heldout_fit.json)
+    HELDOUT_FIT=True,
+    # --- end A1 ---
     # denoiser
     DEPTH=4,
     WIDTH=256,
@@ -180,6 +198,11 @@ class PromptDiffusionMixin:
                 raise ValueError(
                     f"TRAINER.PD.{key} {pd[key]!r} is unknown; use one of {', '.join(allowed)}."
                 )
+        if pd.SET_CONTEXT_POOL not in CONTEXT_POOLS:
+            raise ValueError(
+                f"TRAINER.PD.SET_CONTEXT_POOL {pd.SET_CONTEXT_POOL!r} is unknown; use one of "
+                f"{', '.join(CONTEXT_POOLS)}."
+            )
         if pd.INFERENCE not in INFERENCE_MODES:
             raise ValueError(
                 f"TRAINER.PD.INFERENCE {pd.INFERENCE!r} is unknown; use one of "
@@ -223,6 +246,7 @@ class PromptDiffusionMixin:
             "WEIGHT_DECAY": 0,
             "DIFF_WEIGHT": 0,
             "CE_WEIGHT": 0,
+            "SET_CONTEXT": 0,
         }
         for key, low in minimum.items():
             if pd[key] < low:
@@ -291,6 +315,7 @@ class PromptDiffusionMixin:
             ema_decay=pd.EMA,
             use_ema=pd.EMA > 0,
             class_centres=self.num_classes if pd.CENTER != "none" else 0,
+            context=pd.SET_CONTEXT > 0,
         ).to(self.device)
         n_params = count_num_param(self.diffusion.denoiser)
         log(
@@ -304,6 +329,7 @@ class PromptDiffusionMixin:
         self.register_model("denoiser", self.diffusion, self.diff_optim, self.diff_sched)
         self.noise_generator = torch.Generator(device="cpu").manual_seed(pd.NOISE_SEED)
         self.overfit_stats = OverfitStats(pd)
+        self.context_pool = None
 
     # ---- training -----------------------------------------------------------------------------
     def before_epoch(self) -> None:
@@ -346,7 +372,9 @@ class PromptDiffusionMixin:
             cond, base = self.condition_and_base(image)
             fit, fit_acc = self.overfit(image, label, cond, base.detach())
             target = self.diffusion_target(fit, base, label, update=True)
-            diff_loss, x0_hat = self.diffusion.training_loss(target, cond)
+            diff_loss, x0_hat = self.diffusion.training_loss(
+                target, cond, context=self.set_context(cond)
+            )
             loss, ce_terms = self.stage2_loss(image, label, cond, base, diff_loss, x0_hat)
         self.check_losses(overfit=fit.targets, diff=diff_loss, ce=ce_terms.get("ce"))
         self.stage2_step(loss)
@@ -554,6 +582,7 @@ class PromptDiffusionMixin:
         if self.inference_mode() == "base":
             super().before_test(split)
             return
+        self.build_context_pool(split)
         # the same noise for every evaluation, so results do not depend on what ran before
         self.noise_generator = torch.Generator(device="cpu")
         self.noise_generator.manual_seed(self.cfg.TRAINER.PD.NOISE_SEED)
@@ -578,7 +607,12 @@ class PromptDiffusionMixin:
                 generator = None
                 noise = self.noise_generator.next(cond.shape[0], self.diffusion.prompt_shape)
             x = self.diffusion.sample(
-                cond.float(), steps=pd.STEPS, sampler=pd.SAMPLER, generator=generator, noise=noise
+                cond.float(),
+                steps=pd.STEPS,
+                sampler=pd.SAMPLER,
+                generator=generator,
+                noise=noise,
+                context=self.set_context(cond, self.context_pool),
             )
         return target_to_prompt(x, self.model.base_prompt(cond), pd.TARGET)
 
@@ -639,3 +673,102 @@ class PromptDiffusionMixin:
         if name == "denoiser" and self.diffusion.centres is not None:
             self.diffusion.centres.fit_saved(state_dict, "centres.")
         super().load_state_strict(name, state_dict, fpath)
+
+    # ---- set context (TRAINER.PD.SET_CONTEXT) -------------------------------------------------
+    def set_context(self, cond: torch.Tensor, pool: torch.Tensor | None = None):
+        """The denoiser's context [B, E]: the mean condition of each image's SET_CONTEXT nearest
+        neighbours among the other images of the batch (or in `pool`); None when off or when
+        there are none (a batch of one), which gives exactly the output without context."""
+        return neighbour_context(cond.float(), self.cfg.TRAINER.PD.SET_CONTEXT, pool)
+
+    @torch.no_grad()
+    def build_context_pool(self, split: str) -> None:
+        """For SET_CONTEXT_POOL split / train (a control for what the test batch's neighbours
+        carry, e.g. the domain): the condition features of a fixed random pool of
+        DATALOADER.TEST.BATCH_SIZE images (seed NOISE_SEED, test transform) of the evaluated split
+        or of the training images. Every test image takes its neighbours from this pool instead
+        of its batch; a pooled image of the evaluated split may be its own neighbour."""
+        pd = self.cfg.TRAINER.PD
+        self.context_pool = None
+        if pd.SET_CONTEXT == 0 or pd.SET_CONTEXT_POOL == "batch":
+            return
+        if pd.SET_CONTEXT_POOL == "train":
+            source = getattr(self.dm.dataset, "train_x", None)
+            data = DatasetWrapper(source, self.dm.tfm_test) if source else None
+        else:
+            loader = self.val_loader if split == "val" else self.test_loader
+            data = loader.dataset if loader is not None else None
+        if data is None:
+            raise ValueError(
+                f"TRAINER.PD.SET_CONTEXT_POOL {pd.SET_CONTEXT_POOL} needs a dataset to draw its "
+                "pool from and this trainer has none (e.g. predicting on given images); use "
+                "SET_CONTEXT_POOL batch."
+            )
+        generator = torch.Generator().manual_seed(pd.NOISE_SEED)
+        chosen = torch.randperm(len(data), generator=generator)[
+            : self.cfg.DATALOADER.TEST.BATCH_SIZE
+        ]
+        images = torch.stack([data[i]["img"] for i in chosen.tolist()]).to(self.device)
+        with self.autocast():
+            self.context_pool = self.model.condition(images).float()
+        log(
+            f"Set context from a fixed pool of {len(chosen)} {pd.SET_CONTEXT_POOL} images "
+            f"(TRAINER.PD.SET_CONTEXT_POOL {pd.SET_CONTEXT_POOL})"
+        )
+
+    # ---- held-out fit of the denoiser (TRAINER.PD.HELDOUT_FIT) ---------------------------------
+    def after_train(self) -> None:
+        # before the engine's after_train, which may load model-best and then tests
+        if self.uses_diffusion() and self.cfg.TRAINER.PD.HELDOUT_FIT:
+            self.heldout_fit()
+        super().after_train()
+
+    def heldout_fit(self) -> dict | None:
+        """Over-fit the val images' prompt copies as stage 2 does the training images', and
+        compare the denoiser's (EMA) predictions from seeded noise with them: one step (the x0
+        estimate at the noisiest time) and the STEPS-step sample. Logs one line, writes
+        OUTPUT_DIR/heldout_fit.json and returns its record; None where skipped."""
+        pd = self.cfg.TRAINER.PD
+        if self.val_loader is None:
+            log("Held-out fit: skipped, the dataset has no val split.")
+            return None
+        if distributed.is_distributed():
+            log("Held-out fit: skipped under torchrun (it measures one process's val images).")
+            return None
+        # eval mode: no dropout, so the figures are deterministic
+        self.set_model_mode("eval")
+        generator = torch.Generator().manual_seed(pd.NOISE_SEED)
+        runs = {"one_step": (1, "ddim"), "sampled": (pd.STEPS, pd.SAMPLER)}
+        sums = dict.fromkeys(runs, 0)
+        for batch in self.val_loader:
+            image, label = self.parse_batch_train(batch)
+            with self.autocast():
+                cond, base = self.condition_and_base(image)
+                fit, _ = self.overfit(image, label, cond, base.detach())
+                target = self.diffusion_target(fit, base, label).detach().float()
+            context = self.set_context(cond)
+            noise = torch.randn(target.shape, generator=generator).to(target.device)
+            for name, (steps, sampler) in runs.items():
+                pred = self.diffusion.sample(
+                    cond.float(), steps=steps, sampler=sampler, noise=noise, context=context
+                )
+                sums[name] = sums[name] + fit_sums(pred, target, self.diffusion.stats.mean)
+        figures = {name: fit_figures(value) for name, value in sums.items()}
+        n = int(sums["one_step"][-1].item())
+        one, sampled = figures["one_step"], figures["sampled"]
+        log(
+            f"Held-out fit on {n} val images: R^2 one-step {one['r2']:.3f}, R^2 sampled "
+            f"{sampled['r2']:.3f} ({pd.STEPS} {pd.SAMPLER} steps), cosine one-step "
+            f"{one['cosine']:.3f} / sampled {sampled['cosine']:.3f} (around the training-target "
+            f"mean: {one['cosine_centred']:.3f} / {sampled['cosine_centred']:.3f})"
+        )
+        record = {
+            "images": n,
+            "epoch": self.epoch + 1,
+            "steps": pd.STEPS,
+            "sampler": pd.SAMPLER,
+            "noise_seed": pd.NOISE_SEED,
+            **figures,
+        }
+        write_json(record, os.path.join(self.output_dir, "heldout_fit.json"))
+        return record

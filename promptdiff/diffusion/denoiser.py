@@ -22,6 +22,11 @@ class PromptDenoiser(nn.Module):
     Tokens: [condition, time, one per prompt vector] (the prompt tensor is flattened to
     [N, D] with D = S[-1]) plus learned positions; pre-LN encoder blocks, a final LayerNorm, and a
     zero-initialised Linear read at the prompt positions, so an untrained model outputs zeros.
+
+    With ``context=True`` a forward call may pass ``context`` [B, C] (e.g. the mean condition of
+    a set of neighbours): one more token, appended last. Without it the token is absent, not
+    zeroed, so the computation is exactly that of a model built without context. Its layers are
+    created after all others, so both models draw the same initial weights from one seed.
     """
 
     def __init__(
@@ -33,6 +38,7 @@ class PromptDenoiser(nn.Module):
         width: int = 256,
         heads: int = 8,
         dropout: float = 0.0,
+        context: bool = False,
     ):
         super().__init__()
         self.prompt_shape = tuple(int(n) for n in prompt_shape)
@@ -62,14 +68,21 @@ class PromptDenoiser(nn.Module):
         self.head = nn.Linear(width, self.dim)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.context_in = nn.Linear(cond_dim, width) if context else None
+        self.context_pos = nn.Parameter(torch.randn(width) * 0.02) if context else None
 
-    def forward(self, x: Tensor, u: Tensor, cond: Tensor) -> Tensor:
+    def forward(self, x: Tensor, u: Tensor, cond: Tensor, context: Tensor | None = None) -> Tensor:
         b = x.shape[0]
         dtype = self.prompt_in.weight.dtype
         tokens = self.prompt_in(x.reshape(b, self.n_tokens, self.dim).to(dtype))
         c = self.cond_in(cond.to(dtype))[:, None]
         t = self.time_mlp(timestep_embedding(u, self.width).to(dtype))[:, None]
         h = torch.cat([c, t, tokens], dim=1) + self.pos
+        if context is not None:
+            if self.context_in is None:
+                raise ValueError("context was given to a PromptDenoiser built with context=False.")
+            extra = self.context_in(context.to(dtype)) + self.context_pos
+            h = torch.cat([h, extra[:, None]], dim=1)
         for block in self.blocks:
             h = block(h)
-        return self.head(self.norm(h[:, 2:])).reshape(b, *self.prompt_shape)
+        return self.head(self.norm(h[:, 2 : 2 + self.n_tokens])).reshape(b, *self.prompt_shape)

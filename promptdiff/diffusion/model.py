@@ -37,7 +37,9 @@ class PromptDiffusion(nn.Module):
     predicted quantity (x0, eps or v, standardised space), averaged over batch and elements.
     Schedule and sampler arithmetic is float32 (float64 for the schedule tables) also under
     autocast; only the denoiser runs in the autocast dtype. Call ``update_ema()`` after each
-    optimiser step.
+    optimiser step. Built with ``context=True``, ``training_loss`` and ``sample`` take an optional
+    second condition ``context`` [B, C] (see :class:`PromptDenoiser`); None gives exactly the
+    output without context.
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class PromptDiffusion(nn.Module):
         ema_decay: float = 0.999,
         use_ema: bool = True,
         class_centres: int = 0,
+        context: bool = False,
     ):
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -74,7 +77,13 @@ class PromptDiffusion(nn.Module):
         self.prompt_shape = tuple(int(n) for n in prompt_shape)
         self.cond_dim = int(cond_dim)
         self.denoiser = PromptDenoiser(
-            self.prompt_shape, cond_dim, depth=depth, width=width, heads=heads, dropout=dropout
+            self.prompt_shape,
+            cond_dim,
+            depth=depth,
+            width=width,
+            heads=heads,
+            dropout=dropout,
+            context=context,
         )
         self.ema_decay = ema_decay
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval() if use_ema else None
@@ -100,21 +109,34 @@ class PromptDiffusion(nn.Module):
                 f"{cond.shape[0]} (cond's batch), got {list(x.shape)}."
             )
 
+    def _check_context(self, cond: Tensor, context: Tensor | None) -> None:
+        if context is not None and context.shape != cond.shape:
+            raise ValueError(
+                f"context must have cond's shape {list(cond.shape)}, got {list(context.shape)}."
+            )
+
     def _alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """float32 (alpha_t, sigma_t) shaped [B, 1, ...] to broadcast over [B, *S]."""
         alpha, sigma = self.schedule.alpha_sigma(t)
         view = (-1,) + (1,) * len(self.prompt_shape)
         return alpha.float().view(view), sigma.float().view(view)
 
-    def _predict(self, net: nn.Module, x_t: Tensor, t: Tensor, cond: Tensor):
+    def _predict(
+        self, net: nn.Module, x_t: Tensor, t: Tensor, cond: Tensor, context: Tensor | None = None
+    ):
         """(network output, x0 estimate), both float32 in standardised space."""
         alpha, sigma = self._alpha_sigma(t)
-        pred = net(x_t, self.schedule.model_time(t).float(), cond).float()
+        pred = net(x_t, self.schedule.model_time(t).float(), cond, context).float()
         x0 = x0_from_prediction(self.schedule, self.prediction, pred, x_t, alpha, sigma)
         return pred, x0
 
     def training_loss(
-        self, x0: Tensor, cond: Tensor, generator: torch.Generator | None = None
+        self,
+        x0: Tensor,
+        cond: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        context: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(diffusion loss, one-step x0 estimate [B, *S] in raw space, differentiable).
 
@@ -123,6 +145,7 @@ class PromptDiffusion(nn.Module):
         the noisiest steps; weight any loss through it accordingly.
         """
         self._check(cond, x0)
+        self._check_context(cond, context)
         x0 = x0.float()
         if self.training:
             self.stats.update(x0)
@@ -131,7 +154,7 @@ class PromptDiffusion(nn.Module):
         eps = _randn(z0.shape, generator, z0.device, z0.dtype)
         alpha, sigma = self._alpha_sigma(t)
         x_t = alpha * z0 + sigma * eps
-        pred, x0_hat = self._predict(self.denoiser, x_t, t, cond)
+        pred, x0_hat = self._predict(self.denoiser, x_t, t, cond, context)
         target = prediction_target(self.schedule, self.prediction, z0, eps, alpha, sigma)
         return F.mse_loss(pred, target), self.stats.denormalize(x0_hat)
 
@@ -146,6 +169,7 @@ class PromptDiffusion(nn.Module):
         generator: torch.Generator | None = None,
         noise: Tensor | None = None,
         use_ema: bool | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """Raw-space prompts [B, *S] from ``steps`` deterministic ODE steps.
 
@@ -153,6 +177,7 @@ class PromptDiffusion(nn.Module):
         device). Uses the EMA weights when ``use_ema`` (default: when EMA is enabled).
         """
         self._check(cond)
+        self._check_context(cond, context)
         sampler_fn = get_sampler(sampler)
         grid = time_grid(self.schedule, steps)
         if use_ema is None:
@@ -168,7 +193,7 @@ class PromptDiffusion(nn.Module):
 
         def model_fn(x: Tensor, t: float, c: Tensor) -> Tensor:
             tt = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
-            return self._predict(net, x, tt, c)[1].to(x.dtype)
+            return self._predict(net, x, tt, c, context)[1].to(x.dtype)
 
         was_training = net.training
         net.eval()

@@ -11,6 +11,8 @@ Euler in it is algebraically identical to DDIM (DDIM is Euler in any time variab
 affine), so the two differ only by rounding. DPM-Solver++(2M) is Lu et al.'s multistep
 data-prediction solver in lambda = log(alpha / sigma); it falls back to first order (= DDIM) on the
 first step, after a step from lambda = -inf, and on the final step to sigma = 0.
+``x0_refeed`` is not an ODE solver: it feeds each x0 estimate back as the next input (the loop of
+ProtoDiff's public code), kept as an ablation.
 """
 
 from __future__ import annotations
@@ -94,11 +96,23 @@ def dpmpp_2m(model_fn: ModelFn, x: Tensor, grid: TimeGrid, cond: Tensor) -> Tens
     return x
 
 
+def x0_refeed(model_fn: ModelFn, x: Tensor, grid: TimeGrid, cond: Tensor) -> Tensor:
+    """x0 feedback: x_{i+1} = x0_hat(x_i, t_i), the next input evaluated at grid time t_{i+1}.
+
+    Starts from the noise x_0 at t_0; no noise is re-added (alpha and sigma are unused), and the
+    estimate at the last noisy grid point t_{S-1} is returned. One step equals DDIM's one step.
+    """
+    for t, *_ in _points(grid):
+        x = model_fn(x, t, cond)
+    return x
+
+
 SAMPLERS: dict[str, Callable[[ModelFn, Tensor, TimeGrid, Tensor], Tensor]] = {
     "ddim": ddim,
     "euler": euler,
     "heun": heun,
     "dpmpp_2m": dpmpp_2m,
+    "x0_refeed": x0_refeed,
 }
 
 

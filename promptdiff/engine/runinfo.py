@@ -35,6 +35,9 @@ NOT_RUN_DEFINING = (
     "TRAINER.PD.NUM_SAMPLES",
     "TRAINER.PD.NOISE_SEED",
     "TRAINER.PD.INFERENCE",
+    "TRAINER.PD.SET_CONTEXT_POOL",
+    # a measurement logged after training; the trained model is the same either way
+    "TRAINER.PD.HELDOUT_FIT",
     # GenPT: the weight of the hand-crafted view's logits at inference
     "TRAINER.GENPT.ENSEMBLE",
     "MODEL.TEXT.CHUNK",
