@@ -171,8 +171,8 @@ def _load_yaml(path: str):
             return yaml.safe_load(f)
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"Config file {path!r} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-            f"position {exc.start}); give the YAML config file, saved as UTF-8."
+            f"Config file {path!r} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+            f"give the YAML config file, saved as UTF-8."
         ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
