@@ -176,6 +176,46 @@ def test_fewshot_cache_without_source_is_used_while_it_fits_the_split(data):
     assert "source" in read_json(cache)
 
 
+def test_stale_upstream_pickle_cache_is_redrawn(data, monkeypatch):
+    from test_upstream import _upstream_pickle
+
+    full = build(data)  # the split file, as a first upstream run writes it
+    rows = [(x.impath, x.label, 0, x.classname) for x in full.train_x if x.label < 4][::3]
+    pkl = os.path.join(data, FOLDER, "split_fewshot", "shot_2-seed_1.pkl")
+    os.makedirs(os.path.dirname(pkl))
+    with open(pkl, "wb") as f:
+        f.write(_upstream_pickle(monkeypatch, {"train": rows, "val": []}))
+    monkeypatch.undo()  # the reader must not need Dassl
+    # a class folder sorted first shifts every label; the split is regenerated
+    os.makedirs(os.path.join(data, FOLDER, "101_ObjectCategories", "aaa_blob"))
+    for i in range(6):
+        shutil.copy(rows[0][0], os.path.join(data, FOLDER, "101_ObjectCategories", "aaa_blob",
+                                             f"{i}.png"))  # fmt: skip
+    os.remove(os.path.join(data, SPLIT))
+    build(data)
+    ds = build(data, shots=2)
+    assert ds.num_classes == 5 and ds.classnames[0] == "aaa_blob"
+    assert_labels_match_folders(ds)
+    assert os.path.isfile(os.path.join(data, CACHE))  # the redrawn subset, in this project's format
+
+
+def test_imagenet_refuses_a_cache_drawn_for_other_classes(tmp_path):
+    """ImageNet does not list its training images when a cache exists, so it cannot redraw."""
+    from synthetic_layouts import make_imagenet
+
+    root = make_imagenet(str(tmp_path / "data"), n_classes=4, n_per_class=8)
+    cfg = get_cfg_default()
+    cfg.DATASET.ROOT, cfg.DATASET.NAME, cfg.DATASET.NUM_SHOTS, cfg.SEED = root, "ImageNet", 2, 1
+    build_dataset(cfg)  # writes the cache
+    names = Path(root, "imagenet", "classnames.txt")
+    lines = names.read_text().splitlines()
+    lines[1] = lines[1].split(" ", 1)[0] + " renamed class"
+    names.write_text("\n".join(lines) + "\n")
+    cache = os.path.join(root, "imagenet", "split_fewshot", "shot_2-seed_1.json")
+    with pytest.raises(ValueError, match=f"few-shot cache {cache} was drawn from another split"):
+        build_dataset(cfg)
+
+
 # ---- 2. non-finite checkpoints ----------------------------------------------------------------
 
 

@@ -279,7 +279,7 @@ def shots_used(requested: int, train: list) -> int:
     if requested < 1 or not counts:
         return requested
     short = [n for n in counts.values() if n < requested]
-    used = max(counts.values())
+    used = min(requested, max(counts.values()))
     if short:
         logger.warning(
             f"Warning: DATASET.NUM_SHOTS is {requested}, but {len(short)} of the {len(counts)} "
@@ -307,7 +307,9 @@ class DataManager:
                 f"Dataset {cfg.DATASET.NAME} under {cfg.DATASET.ROOT} {problem}; fix its split "
                 f"file or class folders (tools/check_dataset.py checks them)."
             )
-        self.num_shots = shots_used(cfg.DATASET.NUM_SHOTS, dataset.train_x)
+        # test-only datasets (ImageNet's variants) hand their test list as train_x: no subset
+        test_only = dataset.train_x is dataset.test
+        self.num_shots = shots_used(cfg.DATASET.NUM_SHOTS, [] if test_only else dataset.train_x)
         tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
         self.train_loader_x = build_data_loader(
