@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 
 from promptdiff.engine.data import split_problem
+from promptdiff.engine.utils import logger
 from promptdiff.fileio import WriteError
 from promptdiff.host import DatasetBase, Datum, log, mkdir_if_missing, read_json, write_json
 from promptdiff.imagefiles import IMAGE_EXTENSIONS, is_image_file  # noqa: F401
@@ -224,7 +225,8 @@ def try_write_json(obj, filepath: str, what: str) -> bool:
         # the atomic writer reports a failed write as a WriteError carrying the OSError
         cause = exc.cause if isinstance(exc, WriteError) and exc.cause is not None else exc
         reason = getattr(cause, "strerror", None) or cause
-        log(
+        # a warning, so that --quiet still prints it
+        logger.warning(
             f"Warning: cannot write the {what} file {filepath} ({reason}); "
             f"continuing without saving it (make the folder writable to cache it)."
         )
@@ -526,7 +528,7 @@ class CoOpDataset(DatasetBase):
                     f"The few-shot cache {found} was drawn from another split ({stale}); delete it "
                     f"to draw the subset again."
                 )
-            log(
+            logger.warning(
                 f"Warning: the few-shot cache {found} was drawn from another split ({stale}); "
                 f"drawing the subset again and replacing {cache}."
             )
