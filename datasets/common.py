@@ -501,7 +501,7 @@ class CoOpDataset(DatasetBase):
             if found == cache:
                 data = read_split_file(cache, ("train", "val"))
                 entries = {key: [tuple(item) for item in data[key]] for key in ("train", "val")}
-                recorded = data.get("source")
+                recorded = data.get("source") if isinstance(data.get("source"), dict) else None
             else:
                 picked = read_upstream_fewshot(upstream)
                 entries = {k: _entries(v, prefix) for k, v in zip(("train", "val"), picked)}
