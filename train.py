@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
-from promptdiff.results.layout import RESULTS_FILE
+from promptdiff.results.layout import MANIFEST, RESULTS_FILE, results_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +151,39 @@ def same_run(cfg) -> int:
     return 0
 
 
+def check_eval_output(cfg) -> None:
+    """Refuse an --eval-only run whose results would replace a training run's record or the
+    results of a run with other run-defining options (README, Crash safety and run identity)."""
+    from promptdiff.engine.checkpoint import has_checkpoint
+    from promptdiff.engine.runinfo import differences, run_record, summarize
+
+    out = cfg.OUTPUT_DIR
+    path = os.path.join(out, results_file(cfg.TEST.SPLIT))
+    trained = [
+        name for name in (MANIFEST, "config.yaml") if os.path.isfile(os.path.join(out, name))
+    ]
+    if trained or has_checkpoint(out):
+        what = trained[0] if trained else "checkpoints"
+        raise RuntimeError(
+            f"Output folder {out} holds a training run ({what}); an evaluation there would "
+            f"replace its {os.path.basename(path)}: pass another --output-dir for the evaluation."
+        )
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return  # nothing (readable) to replace
+    mine = run_record(cfg)
+    theirs = saved.get("fingerprint") if isinstance(saved, dict) else None
+    if theirs and theirs != mine["fingerprint"]:
+        diffs = differences(saved.get("run_config") or {}, mine["config"])
+        why = summarize(diffs) if diffs else f"fingerprint {theirs}, this run {mine['fingerprint']}"
+        raise RuntimeError(
+            f"{path} holds the results of a run with other options ({why}); evaluate into "
+            f"another --output-dir, or delete that file to replace it."
+        )
+
+
 def main(args) -> int:
     if args.same_run:
         return same_run(setup_cfg(args))
@@ -196,6 +231,8 @@ def main(args) -> int:
     # one run per output folder; what a killed run left half-written goes before anything else
     lock = lock_output_dir(output) if output else None
     try:
+        if output and args.eval_only:
+            check_eval_output(cfg)
         stale = remove_stale_tmp(output) if output else []
         if HOST == "builtin":
             # a restarted training run continues its log.txt
@@ -205,7 +242,11 @@ def main(args) -> int:
             setup_logger(output)
         if stale:
             log(f"Removed {len(stale)} temporary file(s) an interrupted run left in {output}")
-        run(cfg, args)
+        try:
+            run(cfg, args)
+        except KeyboardInterrupt as exc:
+            name = str(exc) or "SIGINT"
+            raise Interrupted(interrupted_message(cfg, args, name), name) from None
     finally:
         if lock:
             unlock_output_dir(lock)
@@ -273,17 +314,73 @@ def run_summary(cfg, args, results_mtime: float | None) -> str:
     return f"{head}: {result} -> {cfg.OUTPUT_DIR or '.'}"
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run; its message says what was kept and how to go on."""
+
+    def __init__(self, message: str, signal_name: str):
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+def _terminated(signum: int, frame) -> None:
+    # SIGTERM (a scheduler's kill, `kill PID`) unwinds like Ctrl-C: the lock is released and
+    # the same one line is printed
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def interrupted_message(cfg, args, name: str) -> str:
+    """What an interrupted run kept and that rerunning the same command goes on from there."""
+    from promptdiff.results.layout import RunDamaged, read_manifest
+
+    how = f"Interrupted ({name})"
+    if args.eval_only:
+        return (
+            f"{how} during the evaluation, before its results were written; run the same "
+            f"command again."
+        )
+    directory = cfg.RESUME or cfg.OUTPUT_DIR
+    try:
+        manifest = read_manifest(directory) or {}
+    except RunDamaged:
+        manifest = {}
+    last = manifest.get("last")
+    if not last:
+        return (
+            f"{how} before the first checkpoint was saved in {directory}; running the same "
+            f"command again starts training from the beginning."
+        )
+    epoch = manifest["units"][last]["epoch"]
+    return (
+        f"{how}; the last complete checkpoint is {last} (epoch {epoch}) in {directory}, and "
+        f"running the same command again resumes from it."
+    )
+
+
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.host:
         os.environ["PROMPTDIFF_HOST"] = args.host
     from promptdiff.engine.utils import USER_ERRORS, report_error
 
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     try:
         return main(args)
     except USER_ERRORS as exc:
         return report_error(exc)
+    except KeyboardInterrupt as exc:
+        if os.environ.get("PROMPTDIFF_DEBUG"):
+            raise
+        if not isinstance(exc, Interrupted):  # before main() knew what it would write
+            name = str(exc) or "SIGINT"
+            exc = Interrupted(
+                f"Interrupted ({name}) before the run started; nothing was written.", name
+            )
+        print(f"error: {exc}", file=sys.stderr)
+        return 128 + signal.Signals[exc.signal_name]
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         from promptdiff.engine.distributed import cleanup_distributed
 
         cleanup_distributed()

@@ -6,12 +6,17 @@ Upstream CoOp repeats the few-shot/cache/subsample block in every dataset class;
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import pickle
 import random
 from dataclasses import dataclass
 
+from promptdiff.engine.data import split_problem
+from promptdiff.engine.utils import logger
+from promptdiff.fileio import WriteError
 from promptdiff.host import DatasetBase, Datum, log, mkdir_if_missing, read_json, write_json
 from promptdiff.imagefiles import IMAGE_EXTENSIONS, is_image_file  # noqa: F401
 
@@ -135,6 +140,9 @@ def read_split_file(filepath: str, keys: tuple[str, ...]) -> dict[str, list]:
                     f"gives {path} ({key}[{n}]) the label {label}, outside the {num_classes} "
                     f"classes of its {ref} list (0..{num_classes - 1})",
                 )
+    problem = split_problem({k: [(item[1], item[2]) for item in split[k]] for k in keys}, ref)
+    if problem:
+        raise _bad_split(filepath, problem)
     return split
 
 
@@ -213,9 +221,13 @@ def try_write_json(obj, filepath: str, what: str) -> bool:
     try:
         mkdir_if_missing(os.path.dirname(filepath))
         write_json(obj, filepath)
-    except OSError as exc:
-        log(
-            f"Warning: cannot write the {what} file {filepath} ({exc.strerror or exc}); "
+    except (OSError, WriteError) as exc:
+        # the atomic writer reports a failed write as a WriteError carrying the OSError
+        cause = exc.cause if isinstance(exc, WriteError) and exc.cause is not None else exc
+        reason = getattr(cause, "strerror", None) or cause
+        # a warning, so that --quiet still prints it
+        logger.warning(
+            f"Warning: cannot write the {what} file {filepath} ({reason}); "
             f"continuing without saving it (make the folder writable to cache it)."
         )
         return False
@@ -467,29 +479,116 @@ class CoOpDataset(DatasetBase):
             for ext in (".json", ".pkl")
         )
 
-    def fewshot(self, cfg, train: list, val: list, num_shots: int) -> tuple[list, list]:
+    def fewshot(
+        self, cfg, train: list, val: list, num_shots: int, classes: list[str] | None = None
+    ) -> tuple[list, list]:
         """Load the cached subset for (shots, seed) (this project's .json, else upstream's .pkl) or
-        draw it (train first, then val with min(K, 4))."""
+        draw it (train first, then val with min(K, 4)).
+
+        A cache records what it was drawn from (the class names by label, a digest of the split's
+        train and val lists); one drawn from another split (a class folder added, the split file
+        regenerated or edited) is drawn again, with a warning. `classes` (default: train's) is
+        for a caller that passes train=[] to avoid listing a large dataset (ImageNet): its cache
+        is then checked by the classes only, and a stale one is refused.
+        """
         cache = self.fewshot_cache_path(cfg, num_shots)
         prefix = self.dataset_dir
         upstream = self.fewshot_cache_path(cfg, num_shots, ".pkl")
-        if not os.path.isfile(cache) and os.path.isfile(upstream):
-            log(f"Loading preprocessed few-shot data from {upstream}")
-            return read_upstream_fewshot(upstream)
-        if os.path.isfile(cache):
-            log(f"Loading preprocessed few-shot data from {cache}")
-            data = read_split_file(cache, ("train", "val"))
-            check_images(
-                [os.path.join(prefix, item[0]) for key in ("train", "val") for item in data[key]],
-                f"listed in {cache}",
-                f"restore them or delete {cache} to draw the subset again",
+        source = fewshot_source(train, val, prefix, classes)
+        found = cache if os.path.isfile(cache) else upstream if os.path.isfile(upstream) else ""
+        if found:
+            log(f"Loading preprocessed few-shot data from {found}")
+            if found == cache:
+                data = read_split_file(cache, ("train", "val"))
+                entries = {key: [tuple(item) for item in data[key]] for key in ("train", "val")}
+                recorded = data.get("source") if isinstance(data.get("source"), dict) else None
+            else:
+                picked = read_upstream_fewshot(upstream)
+                entries = {k: _entries(v, prefix) for k, v in zip(("train", "val"), picked)}
+                recorded = None
+            stale = stale_fewshot(entries, recorded, source, train, val, prefix)
+            if not stale:
+                if found == upstream:
+                    return picked
+                check_images(
+                    [
+                        os.path.join(prefix, p)
+                        for key in ("train", "val")
+                        for p, _, _ in entries[key]
+                    ],
+                    f"listed in {cache}",
+                    f"restore them or delete {cache} to draw the subset again",
+                )
+                return tuple(
+                    [make_datum(os.path.join(prefix, p), y, c, cache) for p, y, c in entries[key]]
+                    for key in ("train", "val")
+                )
+            if not train:
+                raise ValueError(
+                    f"The few-shot cache {found} was drawn from another split ({stale}); delete it "
+                    f"to draw the subset again."
+                )
+            logger.warning(
+                f"Warning: the few-shot cache {found} was drawn from another split ({stale}); "
+                f"drawing the subset again and replacing {cache}."
             )
-            train = [make_datum(os.path.join(prefix, p), y, c, cache) for p, y, c in data["train"]]
-            val = [make_datum(os.path.join(prefix, p), y, c, cache) for p, y, c in data["val"]]
-            return train, val
         train = self.generate_fewshot_dataset(train, num_shots=num_shots)
         val = self.generate_fewshot_dataset(val, num_shots=min(num_shots, 4)) if val else val
-        data = {"train": _relative(train, prefix), "val": _relative(val, prefix)}
+        data = {"train": _relative(train, prefix), "val": _relative(val, prefix), "source": source}
         log(f"Saving preprocessed few-shot data to {cache}")
         try_write_json(data, cache, "few-shot cache")
         return train, val
+
+
+def _entries(items: list, prefix: str) -> list[tuple]:
+    """(relative path, label, class name) of each Datum, as split files and caches list them."""
+    return [tuple(item) for item in _relative(items, prefix)]
+
+
+def class_names_by_label(pairs) -> list[str]:
+    """The class names of (label, class name) pairs, ordered by label."""
+    mapping = dict(pairs)
+    return [mapping[label] for label in sorted(mapping)]
+
+
+def fewshot_source(train: list, val: list, prefix: str, classes: list[str] | None = None) -> dict:
+    """What a few-shot subset is drawn from: the class names by label and a digest of the
+    split's train and val lists (None when train is not listed)."""
+    if classes is None:
+        classes = class_names_by_label((item.label, item.classname) for item in train)
+    digest = None
+    if train:
+        text = json.dumps([_relative(train, prefix), _relative(val, prefix)])
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return {"classes": list(classes), "split": digest}
+
+
+def stale_fewshot(
+    entries: dict, recorded: dict | None, source: dict, train: list, val: list, prefix: str
+) -> str:
+    """Why a cached subset no longer fits the split it would be used with ('' if it fits).
+
+    A cache that records its source is compared by it; an older one (or upstream's .pkl) by its
+    classes and by every cached image being in the split with the same label."""
+    classes = class_names_by_label((y, c) for _, y, c in entries["train"])
+    if recorded is not None:
+        classes = recorded.get("classes", classes)
+    now = source["classes"]
+    if len(classes) != len(now):
+        return f"it holds {len(classes)} classes, the split {len(now)}"
+    if list(classes) != now:
+        return "its classes have other names or labels than the split's"
+    if recorded is not None:
+        digest = recorded.get("split")
+        if digest and source["split"] and digest != source["split"]:
+            return "the split file's train or val list changed"
+        return ""
+    if train:
+        listed = set(_entries(train, prefix)) | set(_entries(val, prefix))
+        outside = [e for key in ("train", "val") for e in entries[key] if tuple(e) not in listed]
+        if outside:
+            return (
+                f"{len(outside)} cached images are not in the split with these labels, e.g. "
+                f"{outside[0][0]}"
+            )
+    return ""

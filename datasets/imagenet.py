@@ -4,6 +4,7 @@ from datasets.common import (
     CoOpDataset,
     Layout,
     check_images,
+    class_names_by_label,
     dataset_folder,
     list_images,
     listdir_nohidden,
@@ -195,6 +196,8 @@ class ImageNet(CoOpDataset):
                     f"same <wnid> class folders as train (see DATASETS.md)."
                 )
         if num_shots >= 1:
-            train, _ = self.fewshot(cfg, train, [], num_shots)
+            # the classes come from classnames.txt and val: train is not listed when cached
+            classes = class_names_by_label((item.label, item.classname) for item in test)
+            train, _ = self.fewshot(cfg, train, [], num_shots, classes=classes)
         train, test = subsample_classes(train, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
         DatasetBase.__init__(self, train_x=train, val=test, test=test)

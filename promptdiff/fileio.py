@@ -31,11 +31,13 @@ def write_failure(path: str, exc: OSError, kept: str = "") -> WriteError:
     code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
     reason = f"{exc.strerror or exc}{', ' + code if code else ''}"
     folder = os.path.dirname(os.path.abspath(path))
-    fix = (
-        f"free disk space for {folder}"
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        else f"make {folder} writable or choose another output folder"
-    )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free disk space for {folder}"
+    elif exc.errno == errno.EIO:
+        fix = f"check the disk holding {folder} (free space, quota, errors)"
+    else:
+        fix = f"make {folder} writable or choose another output folder"
+
     kept = f"; {kept}" if kept else ""
     return WriteError(
         f"Cannot write {path} ({reason}){kept}; {fix}, then run the same command again.", path, exc

@@ -136,6 +136,13 @@ class Predictor:
                 [self._transform(open_image(im)) for im in images[start : start + size]]
             )
             logits = trainer.model_inference(batch.to(trainer.device)).float()
+            if not torch.isfinite(logits).all():
+                # a NaN probability would pass for a prediction (and is not valid JSON)
+                raise FloatingPointError(
+                    f"The model of {self.run_dir} gives NaN or inf logits for images "
+                    f"{start + 1}-{start + len(batch)}; its checkpoint or these images are "
+                    f"broken: load another epoch or retrain."
+                )
             probs.append(logits.softmax(dim=-1).cpu())
         return torch.cat(probs)
 

@@ -299,7 +299,8 @@ def test_load_is_strict_but_keeps_upstream_token_buffers(
     ]["ctx"]
 
     def evaluate(model_dir: str, trainer: str = "CoOp", *extra: str) -> int:
-        out = str(tmp_path / "ev")
+        # another trainer's evaluation may not replace the CoOp one's results (issue 20, case 5)
+        out = str(tmp_path / ("ev" if trainer == "CoOp" else f"ev_{trainer}"))
         args = train_args(shapes_root, out, trainer, "CoOp/vit_b16_ep50_ctxv1", tiny_weights,
                           *COOP_OPTS, *extra, prec_key="COCOOP" if trainer == "CoCoOp" else "COOP")  # fmt: skip
         return cli(["--eval-only", "--model-dir", model_dir, "--load-epoch", "2", *args])

@@ -74,7 +74,8 @@ def render(paths: list[str], tops: list[list[tuple[str, float]]], fmt: str) -> s
             {"image": p, "top": [{"class": c, "probability": v} for c, v in top]}
             for p, top in zip(paths, tops)
         ]
-        return json.dumps(records, indent=2) + "\n"
+        # strict JSON: a NaN would be written as the bare word NaN, which parsers reject
+        return json.dumps(records, indent=2, allow_nan=False) + "\n"
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["image", "rank", "class", "probability"])

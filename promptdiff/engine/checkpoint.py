@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -170,6 +171,44 @@ def _drop_skipped(obj):
     return obj
 
 
+def non_finite_entry(obj, name: str = "") -> str | None:
+    """The dotted name of the first floating tensor or float in `obj` (dicts, lists, tuples)
+    holding NaN or inf, or None when every value is finite."""
+    if isinstance(obj, torch.Tensor):
+        finite = not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+        return None if finite else name
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else name
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = non_finite_entry(value, f"{name}.{key}" if name else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def check_finite(ckpt: dict, fpath: str) -> None:
+    """Refuse a checkpoint holding NaN or inf anywhere (any model's tensors, an EMA copy, the
+    optimiser or scheduler state): evaluating it gives a meaningless figure, resuming it fails
+    later with a message that does not say why."""
+    # a model's tensor is named as its state_dict names it, anything else by its place in the file
+    found = non_finite_entry(ckpt.get("state_dict"))
+    where = f"tensor {found}"
+    if found is None:
+        found = non_finite_entry({k: v for k, v in ckpt.items() if k != "state_dict"})
+        where = f"entry {found}"
+    if found is not None:
+        raise FloatingPointError(
+            f"Checkpoint {fpath} holds NaN or inf in the {where}, so it is unusable; load "
+            f"another epoch (--load-epoch) or retrain."
+        )
+
+
 def load_checkpoint(fpath: str) -> dict:
     """Load a checkpoint without arbitrary unpickling; a missing or broken file is one clear error.
 
@@ -181,9 +220,10 @@ def load_checkpoint(fpath: str) -> dict:
         raise FileNotFoundError(
             f"Checkpoint {fpath} does not exist; check --model-dir and --load-epoch."
         )
+    skipped = None
     try:
         try:
-            return torch.load(fpath, map_location="cpu", weights_only=True)
+            ckpt = torch.load(fpath, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             _TensorsOnlyUnpickler.skipped = set()
             ckpt = _drop_skipped(
@@ -191,6 +231,7 @@ def load_checkpoint(fpath: str) -> dict:
                     fpath, map_location="cpu", pickle_module=_TensorsOnlyPickle, weights_only=False
                 )
             )
+            skipped = sorted(_TensorsOnlyUnpickler.skipped)
     except Exception as exc:
         raise RuntimeError(
             f"Cannot read checkpoint {fpath} ({type(exc).__name__}: {exc}); it is damaged or was "
@@ -200,10 +241,12 @@ def load_checkpoint(fpath: str) -> dict:
         raise RuntimeError(
             f"Checkpoint {fpath} holds no dict of tensors; point --model-dir at a Dassl-style run."
         )
-    logger.warning(
-        f"{fpath}: read tensors and plain values only; skipped pickled objects of "
-        f"{', '.join(sorted(_TensorsOnlyUnpickler.skipped))}."
-    )
+    check_finite(ckpt, fpath)
+    if skipped is not None:
+        logger.warning(
+            f"{fpath}: read tensors and plain values only; skipped pickled objects of "
+            f"{', '.join(skipped)}."
+        )
     return ckpt
 
 

@@ -169,6 +169,11 @@ def _load_yaml(path: str):
     try:
         with open(path) as f:
             return yaml.safe_load(f)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Config file {path!r} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+            f"give the YAML config file, saved as UTF-8."
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import torch
 from PIL import Image
@@ -40,6 +40,41 @@ class Datum:
 
     def __repr__(self) -> str:
         return f"Datum({self._impath!r}, {self._label}, {self._domain}, {self._classname!r})"
+
+
+def split_problem(lists: dict[str, list[tuple[int, str]]], ref: str = "train") -> str:
+    """What makes a split inconsistent, or '' when nothing does. Lists are (label, class name)
+    pairs; the classes are those of `ref` (its largest label + 1), which must hold every one of
+    them, the other lists only those, and each label keeps one class name everywhere: the class
+    names come from `ref`, so a gap or a second name would score images against another class."""
+    num_classes = max((label for label, _ in lists[ref]), default=-1) + 1
+    named: dict[int, tuple[str, str]] = {}  # label -> (class name, the list that named it first)
+    for key in [ref, *(k for k in lists if k != ref)]:
+        for label, name in lists[key]:
+            if label >= num_classes:
+                return (
+                    f"has the label {label} in its {key} list, outside the {num_classes} "
+                    f"classes of its {ref} list (0..{num_classes - 1})"
+                )
+            first = named.setdefault(label, (name, key))
+            if first[0] != name:
+                return (
+                    f"calls label {label} {first[0]!r} in its {first[1]} list but {name!r} in "
+                    f"its {key} list"
+                )
+    present = {label for label, _ in lists[ref]}
+    missing = [label for label in range(num_classes) if label not in present]
+    if missing:
+        shown = ", ".join(
+            f"{label} ({named[label][0]})" if label in named else str(label)
+            for label in missing[:5]
+        )
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return (
+            f"has no {ref} image of the classes {shown}{more} (labels run 0..{num_classes - 1}), "
+            f"so the class names would be shifted"
+        )
+    return ""
 
 
 class DatasetBase:
@@ -205,6 +240,9 @@ def build_data_loader(cfg, sampler_type: str, data_source, batch_size: int, tfm,
     """A DataLoader with Dassl's rules: drop_last only for training data of at least one batch."""
     if not data_source:
         raise ValueError("Cannot build a data loader from an empty data source; check the split.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        key = "DATALOADER.TRAIN_X.BATCH_SIZE" if is_train else "DATALOADER.TEST.BATCH_SIZE"
+        raise ValueError(f"{key} is {batch_size!r}; use a positive number of images per batch.")
     if sampler_type not in ("RandomSampler", "SequentialSampler"):
         raise ValueError(
             f"Sampler {sampler_type!r} is not supported; use RandomSampler or SequentialSampler."
@@ -234,6 +272,23 @@ def build_data_loader(cfg, sampler_type: str, data_source, batch_size: int, tfm,
     return loader
 
 
+def shots_used(requested: int, train: list) -> int:
+    """The training images per class a few-shot run really has: DATASET.NUM_SHOTS, or fewer
+    (with a warning) when no class holds that many; -1 (all images) stays -1."""
+    counts = Counter(item.label for item in train or [])
+    if requested < 1 or not counts:
+        return requested
+    short = [n for n in counts.values() if n < requested]
+    used = min(requested, max(counts.values()))
+    if short:
+        logger.warning(
+            f"Warning: DATASET.NUM_SHOTS is {requested}, but {len(short)} of the {len(counts)} "
+            f"classes have fewer training images (fewest: {min(short)}); they train on all they "
+            f"have, and results.json records {used} shots."
+        )
+    return used
+
+
 class DataManager:
     """Builds the dataset named in the config and its train / val / test loaders."""
 
@@ -243,6 +298,18 @@ class DataManager:
         distributed.check_same_on_all_ranks(
             repr([dataset.train_x, dataset.val, dataset.test]), "The dataset split"
         )
+        lists = {"train": dataset.train_x, "val": dataset.val, "test": dataset.test}
+        problem = split_problem(
+            {key: [(d.label, d.classname) for d in items or []] for key, items in lists.items()}
+        )
+        if problem:
+            raise ValueError(
+                f"Dataset {cfg.DATASET.NAME} under {cfg.DATASET.ROOT} {problem}; fix its split "
+                f"file or class folders (tools/check_dataset.py checks them)."
+            )
+        # test-only datasets (ImageNet's variants) hand their test list as train_x: no subset
+        test_only = dataset.train_x is dataset.test
+        self.num_shots = shots_used(cfg.DATASET.NUM_SHOTS, [] if test_only else dataset.train_x)
         tfm_train = custom_tfm_train or build_transform(cfg, is_train=True)
         tfm_test = custom_tfm_test or build_transform(cfg, is_train=False)
         self.train_loader_x = build_data_loader(

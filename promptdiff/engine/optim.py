@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.optim import lr_scheduler as S
 
@@ -21,6 +23,9 @@ def build_optimizer(model_or_params, optim_cfg, param_groups=None) -> torch.opti
     else:
         params = list(model_or_params)
     lr, wd = optim_cfg.LR, optim_cfg.WEIGHT_DECAY
+    for key, value in (("OPTIM.LR", lr), ("OPTIM.WEIGHT_DECAY", wd)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{key} is {value!r}; use a finite value of at least 0.")
     betas = (optim_cfg.ADAM_BETA1, optim_cfg.ADAM_BETA2)
     if name == "sgd":
         return torch.optim.SGD(

@@ -238,7 +238,7 @@ class TrainerBase:
                         fname=unit,
                     )
                 break
-            except (FileNotFoundError, RuntimeError) as exc:
+            except (FileNotFoundError, RuntimeError, FloatingPointError) as exc:
                 if unit == units[-1]:
                     raise
                 logger.info(f"Cannot resume from {unit} ({exc}); trying the previous complete one")
@@ -485,6 +485,31 @@ def check_implemented(cfg) -> None:
             )
 
 
+TEST_SPLITS = ("val", "test")
+FINAL_MODELS = ("last_step", "best_val")
+
+
+def check_test_keys(cfg, has_val: bool = True) -> None:
+    """Refuse a TEST.SPLIT or TEST.FINAL_MODEL the loop would silently read as another value."""
+    for key, value, allowed in (
+        ("TEST.SPLIT", cfg.TEST.SPLIT, TEST_SPLITS),
+        ("TEST.FINAL_MODEL", cfg.TEST.FINAL_MODEL, FINAL_MODELS),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{key} {value!r} is unknown; use one of {', '.join(allowed)}.")
+    needs_val = [
+        k
+        for k, v in (("TEST.SPLIT", "val"), ("TEST.FINAL_MODEL", "best_val"))
+        if _cfg_value(cfg, k) == v
+    ]
+    if needs_val and not has_val:
+        raise ValueError(
+            f"{needs_val[0]} {_cfg_value(cfg, needs_val[0])} needs validation images, but "
+            f"dataset {cfg.DATASET.NAME} has none here; use TEST.SPLIT test and TEST.FINAL_MODEL "
+            f"last_step."
+        )
+
+
 class SimpleTrainer(TrainerBase):
     """Builds data, model and evaluator from cfg; trains, checkpoints and tests."""
 
@@ -501,6 +526,8 @@ class SimpleTrainer(TrainerBase):
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
         self.build_data_loader()
+        # a trainer built without data (promptdiff.load) never evaluates a split
+        check_test_keys(cfg, has_val=self.val_loader is not None or self.test_loader is None)
         self.build_model()
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -float("inf")
@@ -659,11 +686,10 @@ class SimpleTrainer(TrainerBase):
         self.set_model_mode("eval")
         self.evaluator.reset()
         split = split or self.cfg.TEST.SPLIT
-        if split == "val" and self.val_loader is not None:
-            data_loader = self.val_loader
-        else:
-            split = "test"
-            data_loader = self.test_loader
+        if split not in TEST_SPLITS or (split == "val" and self.val_loader is None):
+            check_test_keys(self.cfg, has_val=self.val_loader is not None)
+            raise ValueError(f"Cannot evaluate on {split!r}; evaluate on one of {TEST_SPLITS}.")
+        data_loader = self.val_loader if split == "val" else self.test_loader
         logger.info(f"Evaluate on the *{split}* set")
         self.before_test(split)
         for batch in progress(data_loader, desc=f"Evaluate ({split})"):
@@ -691,7 +717,8 @@ class SimpleTrainer(TrainerBase):
             trainer=cfg.TRAINER.NAME,
             dataset=cfg.DATASET.NAME,
             subsample_classes=cfg.DATASET.SUBSAMPLE_CLASSES,
-            num_shots=cfg.DATASET.NUM_SHOTS,
+            # what the data allowed (a class may hold fewer images than NUM_SHOTS asks for)
+            num_shots=getattr(getattr(self, "dm", None), "num_shots", cfg.DATASET.NUM_SHOTS),
             seed=cfg.SEED,
             backbone=cfg.MODEL.BACKBONE.NAME,
             clip_weights=self.weights_identity(),

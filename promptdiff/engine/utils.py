@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import random
+import shutil
 import socket
 import sys
 import time
@@ -28,6 +30,8 @@ logger = logging.getLogger("promptdiff")
 _quiet = False
 # OUTPUT_DIR/<this> holds "PID HOST" of the run writing the folder
 LOCK_NAME = ".promptdiff.lock"
+# below this much free space a failed torch.save is taken for a full disk
+LOW_DISK_BYTES = 64 << 20
 
 
 def set_random_seed(seed: int) -> None:
@@ -76,8 +80,26 @@ def read_json(path: str):
 
 
 def torch_save_atomic(obj, path: str) -> None:
-    """torch.save through a temporary name so an interrupted save never leaves a broken file."""
-    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+    """torch.save through a temporary name so an interrupted save never leaves a broken file.
+
+    torch's own writer reports a failed write (e.g. a full disk) as a RuntimeError ("enforce
+    fail at inline_container.cc ... unexpected pos"); it becomes the OSError atomic_write turns
+    into one sentence naming the path.
+    """
+
+    def save(f) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            folder = os.path.dirname(os.path.abspath(path))
+            full = shutil.disk_usage(folder).free < LOW_DISK_BYTES
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OSError(
+                errno.ENOSPC if full else errno.EIO,
+                f"torch.save could not finish the file: {first}",
+            ) from exc
+
+    atomic_write(path, save, mode="wb")
 
 
 class FolderInUse(RuntimeError):
@@ -133,8 +155,16 @@ def lock_output_dir(directory: str) -> str:
             continue
         except OSError as exc:
             raise write_failure(path, exc) from exc
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
+        try:
+            os.write(fd, me.encode())
+            os.close(fd)
+        except OSError as exc:
+            # a full disk fails the write, not the create: an empty lock would name no holder
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            raise write_failure(path, exc, "nothing in the folder was changed") from exc
         return path
     raise FolderInUse(f"Output folder {directory} is being claimed by other runs ({path}); retry.")
 
@@ -144,6 +174,19 @@ def unlock_output_dir(path: str) -> None:
     if _lock_holder(path) == (os.getpid(), socket.gethostname()):
         with contextlib.suppress(OSError):
             os.remove(path)
+
+
+class _LogFile(logging.FileHandler):
+    """log.txt; a failed write (full disk) stops the run with one sentence instead of logging's
+    own traceback on stderr and a log that silently ends."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            raise write_failure(
+                self.baseFilename, exc, "the checkpoints saved so far are kept"
+            ) from exc
+        super().handleError(record)
 
 
 def setup_logger(output: str | None, quiet: bool = False, append: bool = False) -> None:
@@ -171,7 +214,10 @@ def setup_logger(output: str | None, quiet: bool = False, append: bool = False) 
     if os.path.exists(fpath) and not append:
         fpath += time.strftime("-%Y-%m-%d-%H-%M-%S")
     mkdir_if_missing(os.path.dirname(os.path.abspath(fpath)))
-    handler = logging.FileHandler(fpath)
+    try:
+        handler = _LogFile(fpath)
+    except OSError as exc:
+        raise write_failure(fpath, exc, "nothing in the folder was changed") from exc
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     if continued:

@@ -120,6 +120,15 @@ def discover(
                         if result is None:
                             warn(f"no result yet in {seed_dir} (skipped)")
                             continue
+                        recorded = result.meta.get("seed")
+                        if isinstance(recorded, int) and recorded != seed:
+                            # counting it under the folder's seed would mix two seeds' figures
+                            warn(
+                                f"{result.source} records seed {recorded} but lies in "
+                                f"{seed_dir.name} (skipped); move it to seed{recorded} or run "
+                                f"seed {seed} again"
+                            )
+                            continue
                         if check is not None:
                             check(result)
                         runs.append((seed, result))
