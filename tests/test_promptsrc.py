@@ -259,3 +259,104 @@ def test_killed_and_resumed_run_keeps_the_aggregate(shapes_root, tiny_weights, t
     for key, value in whole.items():
         assert torch.equal(resumed[key], value), key
     assert whole["gpa.epochs"] == 3
+
+
+# ---- PromptSRCDiff ---------------------------------------------------------------------------
+
+DIFF_OPTS = [*GPA_OPTS[:-4], "OPTIM.MAX_EPOCH", "2", "TRAINER.PD.STAGE1_EPOCHS", "1",
+             "TRAINER.PD.WIDTH", "32", "TRAINER.PD.DEPTH", "1", "TRAINER.PD.HEADS", "2",
+             "TRAINER.PD.OVERFIT_STEPS", "2"]  # fmt: skip
+
+
+def _diff_args(shapes_root, weights, out, *opts, trainer="PromptSRCDiff"):
+    return train_args(shapes_root, str(out), trainer, f"{trainer}/{B2N}", weights, *DIFF_OPTS,
+                      *opts, prec_key="PROMPTSRC")  # fmt: skip
+
+
+@torch.no_grad()
+def _logits(trainer, images) -> torch.Tensor:
+    trainer.set_model_mode("eval")
+    trainer.before_test("test")
+    return trainer.model_inference(images)
+
+
+def test_promptsrcdiff_trains_reloads_exactly_and_evaluates_new_classes(
+    shapes_root, tiny_weights, tmp_path
+):
+    from promptdiff.host import build_trainer
+
+    out = tmp_path / "base"
+    base = ["DATASET.SUBSAMPLE_CLASSES", "base"]
+    assert cli(_diff_args(shapes_root, tiny_weights, out, *base)) == 0
+    with open(out / "log.txt") as f:
+        stage2 = [line for line in f if line.startswith("epoch [2/2]")]
+    assert stage2 and all(" scl_text " in line and " diff " in line for line in stage2)
+    evaluated = tmp_path / "base_eval"
+    flags = ["--eval-only", "--model-dir", str(out), "--load-epoch", "2"]
+    assert cli([*flags, *_diff_args(shapes_root, tiny_weights, evaluated, *base)]) == 0
+    for key in ("total", "correct", "accuracy", "macro_f1"):
+        assert read_results(evaluated)[key] == read_results(out)[key], key
+    new = tmp_path / "new"
+    assert cli([*flags, *_diff_args(shapes_root, tiny_weights, new, "DATASET.SUBSAMPLE_CLASSES",
+                                    "new")]) == 0  # fmt: skip
+    result = read_results(new)
+    assert result["subsample_classes"] == "new" and result["total"] == 3 * 3  # 3 test images each
+
+    def built(trainer, *opts):
+        args = _diff_args(shapes_root, tiny_weights, tmp_path / "x", *opts, trainer=trainer)
+        cfg = setup_cfg(build_parser().parse_args(args))
+        set_random_seed(cfg.SEED)
+        made = build_trainer(cfg)
+        made.load_model(str(out), epoch=2)
+        return made
+
+    diff, images = built("PromptSRCDiff"), next(iter(built("PromptSRC").test_loader))["img"]
+    sampled = _logits(diff, images)
+    assert torch.equal(sampled, _logits(built("PromptSRCDiff"), images))  # reloads exactly
+    # INFERENCE base: PromptSRC's logits with the same weights
+    base_logits = _logits(built("PromptSRCDiff", "TRAINER.PD.INFERENCE", "base"), images)
+    assert torch.equal(base_logits, _logits(built("PromptSRC"), images))
+    assert not torch.allclose(base_logits, sampled)
+
+
+@pytest.mark.parametrize("on_generated", [True, False])
+def test_stage2_regularisers_reach_the_denoiser_only_when_asked(
+    shapes_root, tiny_weights, tmp_path, on_generated
+):
+    from promptdiff.host import build_trainer
+
+    opts = ["TRAINER.PROMPTSRC.SCL_ON_GENERATED", str(on_generated),
+            "TRAINER.PD.CE_WEIGHT", "0", "TRAINER.PD.DIFF_WEIGHT", "0"]  # fmt: skip
+    cfg = setup_cfg(build_parser().parse_args(_diff_args(shapes_root, tiny_weights, tmp_path,
+                                                         *opts)))  # fmt: skip
+    trainer = build_trainer(cfg)
+    batch = next(iter(trainer.train_loader_x))
+    image, label = batch["img"], batch["label"]
+    cond, base = trainer.condition_and_base(image)
+    diff_loss, x0_hat = trainer.diffusion.training_loss(torch.zeros_like(base), cond)
+    loss, logged = trainer.stage2_loss(image, label, cond, base, diff_loss, x0_hat)
+    if not on_generated:
+        assert loss.item() == 0 and "scl_text" not in logged
+        return
+    # with CE and diffusion weighted 0 the loss is the three terms on the generated prompts
+    prompts = base + x0_hat  # TARGET residual
+    _, terms = trainer.model.self_regulated(image, prompts, cond)
+    assert loss.item() == pytest.approx(sum(t.item() for t in terms.values()), rel=1e-6)
+    assert logged["scl_text"] == pytest.approx(terms["scl_text"].item(), rel=1e-6)
+    loss.backward()
+    grads = [p.grad for p in trainer.diffusion.denoiser.parameters() if p.grad is not None]
+    assert grads and max(g.abs().max() for g in grads) > 0
+
+
+def test_bad_gpa_and_upstream_folder_for_a_diff_trainer_are_one_sentence(
+    shapes_root, tiny_weights, tmp_path, oracle, capsys
+):
+    assert cli(train_args(shapes_root, str(tmp_path / "a"), "PromptSRC", f"PromptSRC/{B2N}",
+                          tiny_weights, *GPA_OPTS, "TRAINER.PROMPTSRC.GPA_STD", "0",
+                          prec_key="PROMPTSRC")) != 0  # fmt: skip
+    assert "TRAINER.PROMPTSRC.GPA_STD must be > 0 (got 0)" in capsys.readouterr().err
+    from promptdiff.host import build_trainer
+
+    cfg = setup_cfg(build_parser().parse_args(_diff_args(shapes_root, tiny_weights, tmp_path)))
+    with pytest.raises(FileNotFoundError, match="evaluate it with --trainer PromptSRC"):
+        build_trainer(cfg).load_model(os.path.join(oracle[0]["out"], "promptsrc"), epoch=STEPS)
