@@ -222,6 +222,11 @@ def test_gpa_evaluates_the_gaussian_weighted_sum_of_the_epochs_prompts(
                                     *GPA_OPTS, prec_key="PROMPTSRC")]) == 0  # fmt: skip
     assert torch.allclose(seen[-1], stack, atol=1e-7)
     assert read_results(evaluated)["accuracy"] == read_results(out)["accuracy"]
+    # tools/interpret_prompt.py lists the aggregate's deep text prompts layer by layer
+    from tools.interpret_prompt import interpret
+
+    rows = interpret(out, 1, [])
+    assert [(r[1], r[2]) for r in rows] == [(str(i), t) for i in range(2) for t in range(1, 5)]
 
 
 def test_killed_and_resumed_run_keeps_the_aggregate(shapes_root, tiny_weights, tmp_path):
