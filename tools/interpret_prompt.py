@@ -26,7 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tools.predict import image_paths  # noqa: E402
+from tools.predict import image_paths, run_tool  # noqa: E402
 
 HEADER = ("prompt", "layer", "token", "rank", "word", "distance")
 
@@ -134,23 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from promptdiff.engine.utils import USER_ERRORS, report_error
+    def body(args: argparse.Namespace) -> str:
+        rows = interpret(args.model_dir, args.topk, image_paths(args.images), args.load_epoch)
+        return render(rows, args.format)
 
-    args = build_parser().parse_args(argv)
-    try:
-        if args.topk < 1:
-            raise ValueError(f"--topk must be >= 1 (got {args.topk}).")
-        images = image_paths(args.images)
-        text = render(interpret(args.model_dir, args.topk, images, args.load_epoch), args.format)
-        if args.output:
-            from promptdiff.engine.utils import atomic_write
-
-            atomic_write(args.output, lambda f: f.write(text))
-        else:
-            sys.stdout.write(text)
-    except USER_ERRORS as exc:
-        return report_error(exc)
-    return 0
+    return run_tool(build_parser(), argv, body)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,15 @@ class PromptSRCPromptLearner(IVLPPromptLearner):
 class SelfRegulatedCLIP(MultiModalPromptedCLIP):
     """IVLP's prompted CLIP with the frozen text features [C, E] and the self-regulating terms."""
 
-    def __init__(self, learner, clip_model, fixed_text, opts, chunk_size=0, share_prefix=True):
+    def __init__(
+        self,
+        learner: PromptSRCPromptLearner,
+        clip_model: nn.Module,
+        fixed_text: torch.Tensor,
+        opts,
+        chunk_size: int = 0,
+        share_prefix: bool = True,
+    ):
         super().__init__(learner, clip_model, chunk_size, share_prefix)
         # derived from the classes and the frozen CLIP: never part of a checkpoint
         self.register_buffer(
