@@ -86,7 +86,7 @@ class Predictor:
         self._classnames: list[str] = []
         self._transform = None
 
-    def _trainer_for(self, classnames: list[str]):
+    def trainer_for(self, classnames: list[str]):
         """The run's trainer built for these class names (rebuilt when they change)."""
         if self._trainer is not None and classnames == self._classnames:
             return self._trainer
@@ -124,7 +124,7 @@ class Predictor:
         images = list(images)
         if not images:
             raise ValueError("No images to classify; give at least one image.")
-        trainer = self._trainer_for(classnames)
+        trainer = self.trainer_for(classnames)
         if self._transform is None:
             self._transform = build_transform(self.cfg, is_train=False)
         trainer.set_model_mode("eval")

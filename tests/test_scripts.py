@@ -43,9 +43,25 @@ TRAINERS = {
     "IVLPDiff": ("IVLPDiff", "vit_b16_c2_ep5_batch4_2+2ctx", "vit_b16_c2_ep5_batch4_2+2ctx"),
     "GenPT": ("GenPT", "vit_b16_c4_ep10_batch8_ctxv1", "vit_b16_ep50_ctxv1"),
     "GenPTDiff": ("GenPTDiff", "vit_b16_c4_ep10_batch8_ctxv1", "vit_b16_ep50_ctxv1"),
+    "PromptSRC": (
+        "PromptSRC",
+        "vit_b16_c2_ep20_batch4_4+4ctx",
+        "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
+    ),
+    "PromptSRCDiff": (
+        "PromptSRCDiff",
+        "vit_b16_c2_ep20_batch4_4+4ctx",
+        "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
+    ),
 }
-# few_shot.sh defaults that differ from the base-to-new one (all classes: the xd config)
-FEW_SHOT_CFG = {"GenPT": "vit_b16_ep50_ctxv1", "GenPTDiff": "vit_b16_ep50_ctxv1"}
+# few_shot.sh defaults that differ from the base-to-new one (GenPT: all classes, the xd config;
+# PromptSRC: upstream's 50-epoch few-shot config)
+FEW_SHOT_CFG = {
+    "GenPT": "vit_b16_ep50_ctxv1",
+    "GenPTDiff": "vit_b16_ep50_ctxv1",
+    "PromptSRC": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+    "PromptSRCDiff": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+}
 ALL_SCRIPTS = sorted(str(p.relative_to(REPO)) for p in SCRIPTS.glob("*/*.sh")) + [
     "scripts/run_base2new_all.sh",
     "scripts/run_xd_all.sh",

@@ -97,28 +97,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from promptdiff.engine.utils import USER_ERRORS, report_error
+def run_tool(parser: argparse.ArgumentParser, argv: list[str] | None, body) -> int:
+    """Parse argv, check --topk, write body(args)'s text to --output (atomically) or stdout; a
+    user error is one `error:` line and exit status 1 (the tools over a run folder share this)."""
+    from promptdiff.engine.utils import USER_ERRORS, atomic_write, report_error
 
-    args = build_parser().parse_args(argv)
+    args = parser.parse_args(argv)
     try:
         if args.topk < 1:
             raise ValueError(f"--topk must be >= 1 (got {args.topk}).")
-        classnames = read_classnames(args.classnames)
-        paths = image_paths(args.images)
-        import promptdiff
-
-        probs = promptdiff.load(args.model_dir, epoch=args.load_epoch).predict(paths, classnames)
-        text = render(paths, top_k(probs, classnames, args.topk), args.format)
+        text = body(args)
         if args.output:
-            from promptdiff.engine.utils import atomic_write
-
             atomic_write(args.output, lambda f: f.write(text))
         else:
             sys.stdout.write(text)
     except USER_ERRORS as exc:
         return report_error(exc)
     return 0
+
+
+def predict_text(args: argparse.Namespace) -> str:
+    """The rendered top-k classes of --images among --classnames."""
+    classnames = read_classnames(args.classnames)
+    paths = image_paths(args.images)
+    import promptdiff
+
+    probs = promptdiff.load(args.model_dir, epoch=args.load_epoch).predict(paths, classnames)
+    return render(paths, top_k(probs, classnames, args.topk), args.format)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_tool(build_parser(), argv, predict_text)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ logits of the generated prompts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import torch
@@ -110,16 +111,21 @@ def _unformattable(template: str) -> bool:
 
 
 def handcrafted_features(
-    clip_model: nn.Module, classnames: list[str], templates: list[str]
+    clip_model: nn.Module,
+    classnames: list[str],
+    templates: Sequence[str],
+    normalize_each: bool = True,
 ) -> torch.Tensor:
-    """Frozen class features [C, E]: per template L2-normalised, averaged, normalised again."""
+    """Frozen class features [C, E]: per template L2-normalised (PromptSRC's: not), averaged,
+    normalised again."""
     names = [name.replace("_", " ") for name in classnames]
     device = clip_model.token_embedding.weight.device
     views = []
     with torch.no_grad():
         for template in templates:
             tokens = tokenize([template.format(name) for name in names]).to(device)
-            views.append(F.normalize(encode_text_tokens(clip_model, tokens).float(), dim=-1))
+            view = encode_text_tokens(clip_model, tokens).float()
+            views.append(F.normalize(view, dim=-1) if normalize_each else view)
     return F.normalize(torch.stack(views).mean(0), dim=-1)
 
 

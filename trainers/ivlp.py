@@ -8,11 +8,16 @@ PROMPT_DEPTH_VISION 0 or N_CTX_VISION 0 learns no vision prompts (upstream's "la
 config). Both stacks go through MaPLe's MultiModalPromptedCLIP; IVLPDiff diffuses the text stack
 [L, n, Dt] and keeps the shared vision prompts.
 
-Upstream keeps the deeper prompts inside CLIP's blocks, so its checkpoints do not load here; the
-checkpoint holds `ctx`, `compound_prompts_text.<i>` and `vision_ctx` [L, n, Dv].
+The checkpoint holds `ctx`, `compound_prompts_text.<i>` and `vision_ctx` [L, n, Dv]. Upstream keeps
+the deeper prompts inside its forked CLIP's blocks and saves the whole model under
+`VLPromptLearner/`; UPSTREAM_PROMPTS maps those names, so upstream IVLP and PromptSRC checkpoints
+load (`--model-dir` of an upstream run, or one file as MODEL.INIT_WEIGHTS).
 """
 
 from __future__ import annotations
+
+import os
+import re
 
 import torch
 from torch import nn
@@ -20,7 +25,7 @@ from torch import nn
 from promptdiff.backbone.encoders import text_layers, text_width, vision_layers, vision_width
 from promptdiff.backbone.prompts import ClassPrompts
 from promptdiff.config_keys import declare_keys
-from promptdiff.host import TRAINER_REGISTRY, log
+from promptdiff.host import TRAINER_REGISTRY, load_checkpoint, log
 from trainers.maple import (
     DeepTextPrompts,
     MaPLe,
@@ -41,27 +46,67 @@ declare_keys(
     PROMPT_DEPTH_TEXT=9,
 )
 
+# upstream's state-dict names of the prompts -> (tower, layer); a layer of None is the block index
+UPSTREAM_PROMPTS = (
+    (re.compile(r"prompt_learner\.ctx"), "text", 0),
+    (re.compile(r"text_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow"), "text", None),
+    (re.compile(r"image_encoder\.VPT"), "vision", 0),
+    (re.compile(r"image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow"), "vision", None),
+)
+# the folder upstream IVLP and PromptSRC register their whole CustomCLIP under
+UPSTREAM_MODEL = "VLPromptLearner"
+
+
+def is_upstream_state(state_dict: dict) -> bool:
+    """True for a state dict in upstream's layout (prompts inside CLIP's blocks)."""
+    return any(pattern.fullmatch(k) for k in state_dict for pattern, _, _ in UPSTREAM_PROMPTS)
+
+
+def from_upstream(state_dict: dict) -> dict:
+    """The prompts of an upstream IVLP/PromptSRC state dict in this project's names; upstream's
+    copy of the frozen CLIP and its class-token buffers are dropped."""
+    layers: dict[str, dict[int, torch.Tensor]] = {"text": {}, "vision": {}}
+    for key, value in state_dict.items():
+        for pattern, tower, layer in UPSTREAM_PROMPTS:
+            match = pattern.fullmatch(key)
+            if match:
+                layers[tower][int(match.group(1)) if layer is None else layer] = value
+    state = {}
+    for tower, found in layers.items():
+        if found and sorted(found) != list(range(len(found))):
+            raise ValueError(
+                f"The upstream checkpoint holds {tower} prompts of layers {sorted(found)}, not "
+                f"0..{len(found) - 1}; it is not an IVLP or PromptSRC checkpoint."
+            )
+    text, vision = layers["text"], layers["vision"]
+    if text:
+        state["ctx"] = text[0]
+        state.update({f"compound_prompts_text.{i - 1}": text[i] for i in range(1, len(text))})
+    if vision:
+        state["vision_ctx"] = torch.stack([vision[i] for i in range(len(vision))])
+    return state
+
 
 class IVLPPromptLearner(DeepTextPrompts):
     """Deep text prompts [L_t, n_t, Dt] and independent deep vision prompts [L_v, n_v, Dv]."""
 
-    def __init__(self, opts, classnames: list[str], clip_model: nn.Module):
+    def __init__(
+        self, opts, classnames: list[str], clip_model: nn.Module, key: str = "TRAINER.IVLP"
+    ):
         super().__init__()
         depth_t, depth_v = opts.PROMPT_DEPTH_TEXT, opts.PROMPT_DEPTH_VISION
         if not 1 <= depth_t <= text_layers(clip_model):
             raise ValueError(
-                f"TRAINER.IVLP.PROMPT_DEPTH_TEXT {depth_t} must lie in "
+                f"{key}.PROMPT_DEPTH_TEXT {depth_t} must lie in "
                 f"1..{text_layers(clip_model)} (the backbone's text layers); for vision prompts "
                 f"only use the VPT trainer."
             )
         if depth_v < 0 or opts.N_CTX_VISION < 0:
             raise ValueError(
-                f"TRAINER.IVLP.PROMPT_DEPTH_VISION ({depth_v}) and N_CTX_VISION "
+                f"{key}.PROMPT_DEPTH_VISION ({depth_v}) and N_CTX_VISION "
                 f"({opts.N_CTX_VISION}) must be >= 0 (0 = no vision prompts)."
             )
-        vectors, prefix_text = maple_context(
-            clip_model, opts.CTX_INIT, opts.N_CTX_TEXT, "TRAINER.IVLP"
-        )
+        vectors, prefix_text = maple_context(clip_model, opts.CTX_INIT, opts.N_CTX_TEXT, key)
         n_ctx = vectors.shape[0]
         self.ctx = nn.Parameter(vectors)
         self.compound_prompts_text = deeper_text_prompts(depth_t, n_ctx, text_width(clip_model))
@@ -70,7 +115,7 @@ class IVLPPromptLearner(DeepTextPrompts):
         if depth_v and opts.N_CTX_VISION:
             if depth_v > vision_layers(clip_model):  # also rejects non-ViT backbones
                 raise ValueError(
-                    f"TRAINER.IVLP.PROMPT_DEPTH_VISION {depth_v} must lie in "
+                    f"{key}.PROMPT_DEPTH_VISION {depth_v} must lie in "
                     f"0..{vision_layers(clip_model)} (the backbone's vision layers)."
                 )
             vision = torch.empty(depth_v, opts.N_CTX_VISION, vision_width(clip_model))
@@ -97,6 +142,31 @@ class IVLP(MaPLe):
     def build_prompt_model(self, cfg, classnames, clip_model):
         learner = IVLPPromptLearner(cfg.TRAINER.IVLP, classnames, clip_model)
         return MultiModalPromptedCLIP(learner, clip_model, *text_settings(cfg))
+
+    def filter_loaded_state_dict(self, name: str, state_dict: dict) -> dict:
+        if name == "prompt_learner" and is_upstream_state(state_dict):
+            state_dict = from_upstream(state_dict)
+        return super().filter_loaded_state_dict(name, state_dict)
+
+    def load_model(self, directory: str, epoch: int | None = None, check_run: bool = False) -> None:
+        upstream = os.path.join(directory or "", UPSTREAM_MODEL)
+        mine = os.path.join(directory or "", "prompt_learner")
+        if not directory or os.path.isdir(mine) or not os.path.isdir(upstream):
+            return super().load_model(directory, epoch, check_run)
+        if self.get_model_names() != ["prompt_learner"]:
+            raise FileNotFoundError(
+                f"{directory} holds an upstream {UPSTREAM_MODEL} checkpoint, which has no "
+                f"{', '.join(self.get_model_names()[1:])}; evaluate it with "
+                f"--trainer {self.cfg.TRAINER.NAME.removesuffix('Diff')}."
+            )
+        fpath = os.path.join(
+            upstream, "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        )
+        ckpt = load_checkpoint(fpath)
+        log(f"Load upstream {fpath} to prompt_learner (epoch={ckpt.get('epoch')})")
+        state = self.filter_loaded_state_dict("prompt_learner", ckpt["state_dict"])
+        self.load_state_strict("prompt_learner", state, fpath)
+        self.evaluated_epoch = ckpt.get("epoch")
 
 
 @TRAINER_REGISTRY.register()

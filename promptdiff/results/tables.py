@@ -41,7 +41,7 @@ XD_SOURCE = "imagenet"
 DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 # The methods in the papers' order. Each *Diff variant sits right after its baseline, and a
 # trainer not listed here (a new one) follows them alphabetically, so it needs no entry.
-METHOD_ORDER = ("ZeroshotCLIP", "CoOp", "CoCoOp", "VPT", "MaPLe", "IVLP", "GenPT")
+METHOD_ORDER = ("ZeroshotCLIP", "CoOp", "CoCoOp", "VPT", "MaPLe", "IVLP", "PromptSRC", "GenPT")
 DIFF_SUFFIX = "Diff"
 
 
