@@ -350,6 +350,9 @@ ABLATIONS = {
     "steps_1": ["TRAINER.PD.STEPS", "1"],
     "steps_2": ["TRAINER.PD.STEPS", "2"],
     "steps_10": ["TRAINER.PD.STEPS", "10"],
+    "samples_4": ["TRAINER.PD.NUM_SAMPLES", "4"],
+    "samples_16": ["TRAINER.PD.NUM_SAMPLES", "16"],
+    "x0_refeed": ["TRAINER.PD.SAMPLER", "x0_refeed"],
 }
 
 
@@ -407,6 +410,119 @@ def ablation_table(output: str, trainers, seeds, kind: str = "default") -> str:
                     f"{fmt_value(entry.hm)} |"
                 )
     return "\n".join(lines)
+
+
+def seed_hm(output: str, trainer: str, cfg: str, seed: int, kind: str) -> float | None:
+    """HM of one seed's Base and New accuracy of a base2new run under output, None if missing."""
+    accs = []
+    for part in ("train_base", "test_new"):
+        run = run_dir(output, f"base2new/{part}", source_dataset(kind), SHOTS, trainer, cfg, seed)
+        path = Path(run) / RESULTS_FILE
+        parsed = read_record(path) if path.is_file() else None
+        if parsed is None or "accuracy" not in parsed[0]:
+            return None
+        accs.append(parsed[0]["accuracy"])
+    return 2 * accs[0] * accs[1] / (accs[0] + accs[1])
+
+
+def generated_minus_base(outputs: dict[str, str], trainers, seeds) -> dict:
+    """{world: {trainer: [per-seed HM of the generated prompts minus HM of the same checkpoints'
+    base prompts (ablations/inference_base)]}} for the worlds whose output root is given."""
+    gaps: dict[str, dict[str, list[float]]] = {}
+    for kind, output in outputs.items():
+        for trainer in trainers:
+            base_tree = os.path.join(output, "base2new", "train_base", source_dataset(kind))
+            folder = os.path.join(base_tree, f"shots_{SHOTS}", trainer)
+            cfgs = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            for cfg in cfgs:
+                for seed in seeds:
+                    gen = seed_hm(output, trainer, cfg, seed, kind)
+                    base = seed_hm(
+                        os.path.join(output, "ablations", "inference_base"),
+                        trainer,
+                        cfg,
+                        seed,
+                        kind,
+                    )
+                    if gen is not None and base is not None:
+                        gaps.setdefault(kind, {}).setdefault(trainer, []).append(gen - base)
+    return gaps
+
+
+def plot_gaps(gaps: dict, out: str) -> None:
+    """Bar chart: per host and world, mean generated-minus-base HM over seeds, ± std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from promptdiff.results.plots import save_figure
+
+    trainers = sorted({t for per in gaps.values() for t in per}, key=TRAINERS.index)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(trainers), 3.2))
+    width = 0.8 / max(len(gaps), 1)
+    for k, (kind, per) in enumerate(sorted(gaps.items())):
+        xs = np.arange(len(trainers)) + (k - (len(gaps) - 1) / 2) * width
+        means = [np.mean(per[t]) if t in per else np.nan for t in trainers]
+        stds = [np.std(per[t]) if t in per else 0 for t in trainers]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{kind} world")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(trainers)), trainers, rotation=20)
+    ax.set_ylabel("HM: generated - base prompt")
+    ax.set_title("Same checkpoint, generated vs its own base prompt (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out, 150)
+
+
+def plot_generated(
+    root: str, run: str, out: str, kind: str = "percam", max_images: int = 600
+) -> None:
+    """A 2-D PCA projection of the residuals a *Diff run generates for the world's base-class test
+    images (generated prompt minus base prompt), coloured by class and by camera."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    import promptdiff
+    from promptdiff.results.plots import save_figure
+
+    folder = os.path.join(root, mw.dataset_dir(kind))
+    spec = read_spec(root, kind)
+    cameras = mw.read_cameras(folder) if spec.cameras else {}
+    pixels, labels, rels = mw.load_split(folder, mw.SOURCE, "test", kind)
+    half = (len(mw.classes(spec)) + 1) // 2
+    keep = [i for i in range(len(labels)) if labels[i] < half][:max_images]
+    trainer = promptdiff.load(run).trainer_for([mw.class_name(*c) for c in mw.classes(spec)[:half]])
+    trainer.set_model_mode("eval")
+    trainer.before_test("test")
+    residuals = []
+    with torch.no_grad():
+        for start in range(0, len(keep), 100):
+            image = pixels[keep[start : start + 100]].to(trainer.device)
+            cond = trainer.model.condition(image)
+            prompts = trainer.sample_prompts(image, cond)
+            residuals.append((prompts - trainer.model.base_prompt(cond)).flatten(1).float().cpu())
+    x = torch.cat(residuals)
+    x = x - x.mean(0)
+    _, _, v = torch.pca_lowrank(x, q=2, center=False)
+    xy = (x @ v[:, :2]).numpy()
+    cls = labels[keep].numpy()
+    cams = [cameras.get(rels[i], 0) for i in keep]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    axes[0].scatter(xy[:, 0], xy[:, 1], c=cls, cmap="tab20", s=6)
+    axes[0].set_title("generated residuals, coloured by class")
+    axes[1].scatter(xy[:, 0], xy[:, 1], c=cams, cmap="coolwarm", s=6)
+    axes[1].set_title("coloured by camera" if cameras else "coloured by camera (one camera)")
+    for ax in axes:
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+    fig.suptitle(f"{os.path.basename(os.path.dirname(run))} {os.path.basename(run)}, {kind} world")
+    fig.tight_layout()
+    save_figure(fig, out, 150)
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -475,7 +591,7 @@ def _last_epoch(run: str) -> int | str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("build", "check", "run", "ablate", "table", "tune"):
+    for name in ("build", "check", "run", "ablate", "table", "tune", "figures"):
         p = sub.add_parser(name)
         p.add_argument("--root", required=True, help="folder that holds (or will hold) the world")
         p.add_argument("--world", default="default", choices=WORLD_KINDS, help="which world")
@@ -483,6 +599,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--seed", type=int, default=0, help="the world's seed")
         if name == "check":
             p.add_argument("--no-coop", action="store_true", help="skip the CoOp training check")
+        if name == "figures":
+            p.add_argument("--output", required=True, help="output root of both worlds' runs")
+            p.add_argument("--seeds", default="1,2,3")
+            p.add_argument("--trainers", default=",".join(DIFF_TRAINERS))
+            p.add_argument("--out-dir", default=os.path.join(ROOT, "docs", "figures"))
+            p.add_argument("--generated-run", help="a *Diff base2new run folder to project")
         if name in ("run", "ablate", "table"):
             p.add_argument("--output", required=True, help="output root of the runs")
             p.add_argument("--seeds", default="1,2,3")
@@ -512,6 +634,22 @@ def main(argv: list[str] | None = None) -> int:
             )
         tune(args.root, args.output, args.trainer, args.config, parse_grid(args.grid),
              parse_grid(args.eval_grid), args.seed, args.world)  # fmt: skip
+        return 0
+    if args.command == "figures":
+        seeds = [int(s) for s in args.seeds.split(",")]
+        trainers = [t for t in args.trainers.split(",") if t]
+        gaps = generated_minus_base(dict.fromkeys(WORLD_KINDS, args.output), trainers, seeds)
+        if not gaps:
+            raise SystemExit(
+                f"error: no base2new runs with an inference_base ablation under {args.output}."
+            )
+        plot_gaps(gaps, os.path.join(args.out_dir, "generated_minus_base.png"))
+        for kind, per in sorted(gaps.items()):
+            for trainer, values in per.items():
+                print(f"{kind:8s} {trainer:14s} " + " ".join(f"{v:+.2f}" for v in values))
+        if args.generated_run:
+            out = os.path.join(args.out_dir, f"generated_residuals_{args.world}.png")
+            plot_generated(args.root, args.generated_run, out, args.world)
         return 0
     seeds = [int(s) for s in args.seeds.split(",")]
     trainers = [t for t in args.trainers.split(",") if t]
