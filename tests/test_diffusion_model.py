@@ -241,3 +241,24 @@ def test_toy_conditional_problem_is_learned(formulation, prediction, schedule, s
     out = model.eval().sample(cond, steps=5, sampler=sampler, generator=g)
     baseline = (y - model.stats.mean).pow(2).mean()
     assert (out - y).pow(2).mean() < 0.1 * baseline
+
+
+def test_start_estimate_is_the_one_step_sample_and_carries_gradients():
+    from promptdiff.diffusion import PromptDiffusion
+
+    torch.manual_seed(0)
+    for formulation, prediction in (("vp", "x0"), ("vp", "eps"), ("flow", "v")):
+        model = PromptDiffusion((3, 4), 5, formulation=formulation, prediction=prediction,
+                                depth=1, width=16, heads=2, use_ema=False)  # fmt: skip
+        with torch.no_grad():
+            for p in model.denoiser.parameters():
+                p.normal_(0, 0.3)  # the zero-initialised head would make every estimate 0
+        model.stats.update(torch.randn(64, 3, 4) * 2 + 1)
+        cond, noise = torch.randn(6, 5), torch.randn(6, 3, 4)
+        estimate = model.start_estimate(cond, noise=noise)
+        sampled = model.sample(cond, steps=1, noise=noise)
+        assert torch.allclose(estimate, sampled, atol=1e-6), formulation
+        assert estimate.abs().sum() > 0
+        estimate.square().sum().backward()
+        head = [p.grad for p in model.denoiser.parameters() if p.grad is not None]
+        assert head and any(g.abs().sum() > 0 for g in head)

@@ -49,6 +49,8 @@ from trainers.prompted import DiffusionHooks
 
 INFERENCE_MODES = ("sample", "base", "mean", "tune")
 OVERFIT_TARGETS = ("label", "entropy")
+# TRAINER.PD.CE_FROM: which one-step estimate stage 2's cross-entropy goes through
+CE_SOURCES = ("noised", "start")
 # where SET_CONTEXT's neighbours come from at test time (see PromptDiffusionMixin.build_context_pool)
 CONTEXT_POOLS = ("batch", "split", "train")
 
@@ -96,6 +98,10 @@ declare_keys(
     WEIGHT_DECAY=0.0,
     DIFF_WEIGHT=10.0,
     CE_WEIGHT=1.0,  # cross-entropy through the one-step generated prompt; 0 disables it
+    # which one-step estimate the cross-entropy goes through: "noised" (the paper's reading, the
+    # x0 estimate from the diffusion loss's own noised target at its random time) or "start" (from
+    # fresh noise at the sampling start: the prompt STEPS 1 generates at test time)
+    CE_FROM="noised",
     UPDATE_BASE=False,  # keep training the baseline's prompt in stage 2
     BATCH_SIZE=0,  # stage-2 training batch size; 0 = DATALOADER.TRAIN_X.BATCH_SIZE
     # VPTDiff: diffuse only the first N prompt layers (0 = all)
@@ -192,6 +198,7 @@ class PromptDiffusionMixin:
             "SAMPLER": tuple(SAMPLERS),
             "CENTER": CENTER_MODES,
             "OVERFIT_TARGET": OVERFIT_TARGETS,
+            "CE_FROM": CE_SOURCES,
         }
         for key, allowed in choices.items():
             if pd[key] not in allowed:
@@ -429,6 +436,8 @@ class PromptDiffusionMixin:
         loss = pd.DIFF_WEIGHT * diff_loss
         if pd.CE_WEIGHT <= 0:
             return loss, {}
+        if pd.CE_FROM == "start":
+            x0_hat = self.diffusion.start_estimate(cond.float(), context=self.set_context(cond))
         prompts = target_to_prompt(x0_hat, base, pd.TARGET)
         logits = self.model.logits_for(image, cond, prompts).float()
         ce = F.cross_entropy(logits, label)

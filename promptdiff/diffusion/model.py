@@ -160,6 +160,28 @@ class PromptDiffusion(nn.Module):
 
     forward = training_loss
 
+    def start_estimate(
+        self,
+        cond: Tensor,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        """The training denoiser's x0 estimate [B, *S] (raw space, differentiable) from noise at
+        the first point of every sampling grid, the noisiest time: exactly what one sampling step
+        returns at test time (with the same weights and noise), so a loss on it trains the
+        one-step sampler itself."""
+        self._check(cond)
+        self._check_context(cond, context)
+        shape = (cond.shape[0], *self.prompt_shape)
+        if noise is None:
+            noise = _randn(shape, generator, cond.device, torch.float32)
+        self._check(cond, noise, "noise")
+        start = time_grid(self.schedule, 1).t[0].item()
+        t = torch.full((cond.shape[0],), start, dtype=torch.float64, device=cond.device)
+        x0 = self._predict(self.denoiser, noise.float(), t, cond, context)[1]
+        return self.stats.denormalize(x0)
+
     @torch.no_grad()
     def sample(
         self,
