@@ -149,11 +149,15 @@ def test_inference_modes_differ_and_base_is_the_baseline(trained, tmp_path):
     assert os.path.isdir(os.path.join(out, "denoiser"))
 
 
-def test_stage2_step_equals_a_plain_recomputation(shapes_root, tiny_weights, tmp_path):
+@pytest.mark.parametrize("ce_from", ["noised", "start"])
+def test_stage2_step_equals_a_plain_recomputation(shapes_root, tiny_weights, tmp_path, ce_from):
     """One seeded CoOpDiff stage-2 step, redone from the core's pieces on a copy of the denoiser:
-    over-fit each image's copy, diffuse the residual, DIFF_WEIGHT x diffusion + CE_WEIGHT x CE,
-    one AdamW step, one EMA update. Parameters, EMA, statistics and logged figures agree exactly."""
-    opts = ("TRAINER.PD.STAGE1_EPOCHS", "0", "TRAINER.PD.OVERFIT_LR", "0.01")
+    over-fit each image's copy, diffuse the residual, DIFF_WEIGHT x diffusion + CE_WEIGHT x CE
+    (through the diffusion loss's estimate, or with CE_FROM start through the estimate from fresh
+    noise at the sampling start), one AdamW step, one EMA update. Parameters, EMA, statistics and
+    logged figures agree exactly."""
+    opts = ("TRAINER.PD.STAGE1_EPOCHS", "0", "TRAINER.PD.OVERFIT_LR", "0.01",
+            "TRAINER.PD.CE_FROM", ce_from)  # fmt: skip
     trainer = _build(_args(shapes_root, tiny_weights, tmp_path, *opts))
     pd = trainer.cfg.TRAINER.PD
     trainer.set_model_mode("train")
@@ -180,6 +184,11 @@ def test_stage2_step_equals_a_plain_recomputation(shapes_root, tiny_weights, tmp
         per_sample_ce, torch.zeros_like(base[0]), len(image), pd.OVERFIT_STEPS, 0.01, "adam"
     )
     diff, x0_hat = diffusion.training_loss(prompt_to_target(base + fit.targets, base), cond)
+    if ce_from == "start":
+        # the same draws, in the same order, as the trainer: fresh noise after the loss's own
+        noise = torch.randn(x0_hat.shape)
+        x0_hat = diffusion.start_estimate(cond, noise=noise)
+        assert torch.allclose(x0_hat, diffusion.sample(cond, 1, noise=noise, use_ema=False))
     logits = model.logits_for(image, cond, target_to_prompt(x0_hat, base)).float()
     ce = F.cross_entropy(logits, label)
     loss = pd.DIFF_WEIGHT * diff + pd.CE_WEIGHT * ce
