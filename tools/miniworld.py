@@ -94,11 +94,12 @@ def world_opts(root: str, kind: str = "default") -> list[str]:
     return opts
 
 
-# The deep-prompt depths of the papers' configs for 12-layer ViT-B/16 (VPT: every layer; MaPLe: 9
-# of 12), scaled to the world CLIP's 4 vision and 3 text layers. (IVLP's configs differ in which
-# towers they prompt, so a run of IVLP on the world sets its depths itself.)
+# The deep-prompt depths of the papers' configs for 12-layer ViT-B/16 (VPT and IVLP: every layer;
+# MaPLe and PromptSRC: 9 of 12), scaled to the world CLIP's 4 vision and 3 text layers.
 DEEP_PROMPT_DEPTHS = {
     "TRAINER.VPT.PROMPT_DEPTH_VISION": 4,
+    "TRAINER.IVLP.PROMPT_DEPTH_VISION": 4,
+    "TRAINER.IVLP.PROMPT_DEPTH_TEXT": 3,
     "TRAINER.MAPLE.PROMPT_DEPTH": 3,
     # PromptSRC: 9 of 12 layers in each tower, as MaPLe
     "TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION": 3,
