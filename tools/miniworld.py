@@ -363,7 +363,9 @@ ABLATIONS = {
 }
 
 
-def ablate(root: str, output: str, trainers, seeds, kind: str = "default") -> None:
+def ablate(
+    root: str, output: str, trainers, seeds, kind: str = "default", names=tuple(ABLATIONS)
+) -> None:
     """Re-evaluate every trained *Diff base2new model (base and new) under each ablation, into
     OUTPUT/ablations/<name>/base2new/..., without retraining (STEPS 5 sample is the main run)."""
     opts = world_opts(root, kind)
@@ -374,7 +376,8 @@ def ablate(root: str, output: str, trainers, seeds, kind: str = "default") -> No
             runs = _train_dirs(tree, trainer, seed, source)
             for train_dir, cfg in runs:
                 epoch = _last_epoch(train_dir)
-                for name, extra in ABLATIONS.items():
+                for name in names:
+                    extra = ABLATIONS[name]
                     for sub, part in (("base", "train_base"), ("new", "test_new")):
                         out = run_dir(
                             os.path.join(output, "ablations", name), f"base2new/{part}",
@@ -616,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--output", required=True, help="output root of the runs")
             p.add_argument("--seeds", default="1,2,3")
             p.add_argument("--trainers", default=",".join(TRAINERS))
+        if name == "ablate":
+            p.add_argument(
+                "--ablations", default=",".join(ABLATIONS), help="which: " + ",".join(ABLATIONS)
+            )
         if name == "run":
             p.add_argument("--protocols", default="base2new,dg")
             p.add_argument(
@@ -671,7 +678,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.command == "ablate":
         diff = [t for t in trainers if t in DIFF_TRAINERS]
-        ablate(args.root, args.output, diff, seeds, args.world)
+        names = [n for n in args.ablations.split(",") if n]
+        unknown = [n for n in names if n not in ABLATIONS]
+        if unknown:
+            raise SystemExit(
+                f"error: unknown ablation(s) {unknown}; use some of {','.join(ABLATIONS)}."
+            )
+        ablate(args.root, args.output, diff, seeds, args.world, names)
         print(ablation_table(args.output, diff, seeds, args.world))
         return 0
     domains = read_spec(args.root, args.world).domains
