@@ -115,7 +115,7 @@ def test_each_trainer_declares_its_namespace():
         assert not key or f"TRAINER.{key}" in namespaces, name
     assert {"TRAINER.PD", "TRAINER.ZSCLIP", "MODEL.TEXT"} <= namespaces
     cfg = extend_cfg(get_cfg_default())
-    assert (cfg.TRAINER.COOP.N_CTX, cfg.TRAINER.PD.STEPS, cfg.MODEL.TEXT.CHUNK) == (16, 5, 0)
+    assert (cfg.TRAINER.COOP.N_CTX, cfg.TRAINER.PD.STEPS, cfg.MODEL.TEXT.CHUNK) == (16, 1, 0)
     declare_keys("TRAINER.COCOOP", N_CTX=16, CTX_INIT="", PREC="fp16")  # the same: accepted
     with pytest.raises(ValueError, match="TRAINER.COCOOP is declared twice"):
         declare_keys("TRAINER.COCOOP", N_CTX=4)
