@@ -616,7 +616,7 @@ class PromptDiffusionMixin:
         )
         record = {
             "images": n,
-            "epoch": self.epoch + 1,
+            "epoch": self.evaluated_epoch,
             "steps": pd.STEPS,
             "sampler": pd.SAMPLER,
             "noise_seed": pd.NOISE_SEED,
