@@ -11,30 +11,10 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import train_args
+from test_pd_modes import _args, _build, _logits
 
 from promptdiff.diffusion import PromptDiffusion, fit_figures, fit_sums, neighbour_context
-from train import build_parser, cli, setup_cfg
-
-CFG = "CoOpDiff/vit_b16_ep50_ctxv1"
-SMALL = (
-    "TRAINER.PD.WIDTH 32 TRAINER.PD.DEPTH 1 TRAINER.PD.HEADS 2 OPTIM.WARMUP_EPOCH 0 "
-    "TRAINER.PD.OVERFIT_STEPS 5".split()
-)
-
-
-def _args(root, weights, out, *opts):
-    return train_args(root, str(out), "CoOpDiff", CFG, weights, *SMALL, *opts)
-
-
-def _build(args):
-    import datasets  # noqa: F401
-    import trainers  # noqa: F401
-    from promptdiff.host import build_trainer, set_random_seed
-
-    cfg = setup_cfg(build_parser().parse_args(args))
-    set_random_seed(cfg.SEED)
-    return build_trainer(cfg)
+from train import cli
 
 
 # ---- the pure pieces -----------------------------------------------------------------------------
@@ -165,14 +145,6 @@ def test_training_logs_and_writes_the_heldout_fit(trained):
     assert float(line.group(3)) == pytest.approx(record["sampled"]["r2"], abs=1e-3)
     # logged before the final test
     assert log.index("Held-out fit on") < log.rindex("Evaluate on the *test* set")
-
-
-@torch.no_grad()
-def _logits(trainer, model_dir: str, split: str = "test") -> torch.Tensor:
-    trainer.load_model(model_dir, epoch=2)
-    trainer.set_model_mode("eval")
-    trainer.before_test(split)
-    return torch.cat([trainer.model_inference(b["img"]) for b in trainer.test_loader])
 
 
 def test_trained_set_context_is_deterministic_and_a_batch_of_one_has_none(trained, tmp_path):

@@ -79,7 +79,7 @@ declare_keys(
     # sample (generated prompts) | base (the baseline's prompt alone) | mean (base + mean target)
     # | tune (test-time prompt tuning: each test image over-fitted label-free, no diffusion)
     INFERENCE="sample",
-    # --- set context and held-out fit (issue 17, A1) ---
+    # set context, and the denoiser's held-out fit
     # k > 0: the denoiser also sees the mean condition of each image's k nearest neighbours
     # (cosine) in its batch; 0 = off
     SET_CONTEXT=0,
@@ -88,7 +88,6 @@ declare_keys(
     SET_CONTEXT_POOL="batch",
     # after training, the denoiser's fit to the val images' over-fitted targets (heldout_fit.json)
     HELDOUT_FIT=True,
-    # --- end A1 ---
     # denoiser
     DEPTH=4,
     WIDTH=256,
@@ -775,7 +774,7 @@ class PromptDiffusionMixin:
         )
         record = {
             "images": n,
-            "epoch": self.epoch + 1,
+            "epoch": self.evaluated_epoch,
             "steps": pd.STEPS,
             "sampler": pd.SAMPLER,
             "noise_seed": pd.NOISE_SEED,
