@@ -104,9 +104,19 @@ def test_span_targets_in_training_are_orthogonal_to_the_class_mean(
     assert cos.abs().max() < 1e-6 and x0.abs().max() > 0
 
 
-def test_centre_needs_residual_targets(shapes_root, tiny_weights, tmp_path):
-    opts = ("TRAINER.PD.CENTER", "span", "TRAINER.PD.TARGET", "absolute")
-    with pytest.raises(ValueError, match="TRAINER.PD.CENTER 'span' centres residuals"):
+@pytest.mark.parametrize(
+    "opts, words",
+    [
+        (("TRAINER.PD.CENTER", "span", "TRAINER.PD.TARGET", "absolute"),
+         "TRAINER.PD.CENTER 'span' centres residuals"),
+        (("TRAINER.PD.CENTER", "median"), "TRAINER.PD.CENTER 'median' is unknown"),
+        (("TRAINER.PD.OVERFIT_TARGET", "margin"), "TRAINER.PD.OVERFIT_TARGET 'margin' is unknown"),
+        (("TRAINER.PD.OVERFIT_CONFIDENT", "0.0"), "TRAINER.PD.OVERFIT_CONFIDENT must lie in (0, 1]"),
+        (("TRAINER.PD.OVERFIT_VIEWS", "0"), "TRAINER.PD.OVERFIT_VIEWS must be >= 1"),
+    ],
+)  # fmt: skip
+def test_bad_target_keys_are_one_sentence(shapes_root, tiny_weights, tmp_path, opts, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
         _build(_args(shapes_root, tiny_weights, tmp_path, *opts))
 
 
