@@ -170,7 +170,8 @@ class PromptSRC(IVLP):
     def check_cfg(self, cfg) -> None:
         super().check_cfg(cfg)
         opts = cfg.TRAINER.PROMPTSRC
-        gaussian_weights(opts.GPA_MEAN, opts.GPA_STD, 1)
+        # before any data is read; build_model computes the weights over the baseline's epochs
+        gaussian_weights(opts.GPA_MEAN, opts.GPA_STD, max(cfg.OPTIM.MAX_EPOCH, 1))
 
     def build_prompt_model(self, cfg, classnames, clip_model):
         opts = cfg.TRAINER.PROMPTSRC
