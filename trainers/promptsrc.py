@@ -6,7 +6,7 @@ PROMPT_DEPTH_TEXT / PROMPT_DEPTH_VISION layers, the text context initialised fro
 Loss = CE + L_SCL, all on L2-normalised features, as upstream:
 - `scl_text`: TEXT_LOSS_WEIGHT x mean |prompted class features - frozen ones|, where the frozen
   features are the frozen CLIP's class features averaged (unnormalised) over the 60 ImageNet
-  templates (promptdiff/backbone/templates.py), computed once when the model is built;
+  templates (promptdiff/backbone/templates.py), computed once, at the first training step;
 - `scl_image`: IMAGE_LOSS_WEIGHT x mean |prompted image features - prompt-free ones|;
 - `scl_logits`: KL(zero-shot || prompted) over classes, summed and divided by B x C (upstream's
   reduction), where zero-shot logits are the prompt-free image against the frozen text features.
@@ -114,17 +114,26 @@ class SelfRegulatedCLIP(MultiModalPromptedCLIP):
         self,
         learner: PromptSRCPromptLearner,
         clip_model: nn.Module,
-        fixed_text: torch.Tensor,
+        classnames: list[str],
         opts,
         chunk_size: int = 0,
         share_prefix: bool = True,
     ):
         super().__init__(learner, clip_model, chunk_size, share_prefix)
+        self.classnames = list(classnames)
         # derived from the classes and the frozen CLIP: never part of a checkpoint
-        self.register_buffer(
-            "fixed_text", F.normalize(fixed_text.float(), dim=-1), persistent=False
-        )
+        self.register_buffer("fixed_text", None, persistent=False)
         self.text_weight, self.image_weight = opts.TEXT_LOSS_WEIGHT, opts.IMAGE_LOSS_WEIGHT
+
+    def frozen_text(self) -> torch.Tensor:
+        """The frozen class features [C, E], L2-normalised; computed at first use, in full
+        precision as upstream (evaluation never needs them: 60 templates x the classes)."""
+        if self.fixed_text is None:
+            device = self.clip.token_embedding.weight.device
+            with torch.autocast(device.type, enabled=False):
+                fixed = handcrafted_features(self.clip, self.classnames, IMAGENET_TEMPLATES, False)
+            self.fixed_text = F.normalize(fixed.float(), dim=-1)
+        return self.fixed_text
 
     def self_regulated(
         self, image: torch.Tensor, prompts: torch.Tensor, cond: torch.Tensor | None = None
@@ -137,7 +146,7 @@ class SelfRegulatedCLIP(MultiModalPromptedCLIP):
         logits = logits_from_features(self.clip, img, text)
         with torch.no_grad():
             frozen = self.condition(image) if cond is None else cond
-            zs_logits = logits_from_features(self.clip, frozen, self.fixed_text)
+            zs_logits = logits_from_features(self.clip, frozen, self.frozen_text())
         kl = F.kl_div(
             F.log_softmax(logits, dim=1),
             F.log_softmax(zs_logits, dim=1),
@@ -145,7 +154,7 @@ class SelfRegulatedCLIP(MultiModalPromptedCLIP):
             log_target=True,
         )
         return logits, {
-            "scl_text": self.text_weight * F.l1_loss(text, self.fixed_text.expand_as(text)),
+            "scl_text": self.text_weight * F.l1_loss(text, self.frozen_text().expand_as(text)),
             "scl_image": self.image_weight * F.l1_loss(img, frozen),
             "scl_logits": kl / logits.numel(),
         }
@@ -161,13 +170,13 @@ class PromptSRC(IVLP):
     def check_cfg(self, cfg) -> None:
         super().check_cfg(cfg)
         opts = cfg.TRAINER.PROMPTSRC
-        gaussian_weights(opts.GPA_MEAN, opts.GPA_STD, 1)
+        # before any data is read; build_model computes the weights over the baseline's epochs
+        gaussian_weights(opts.GPA_MEAN, opts.GPA_STD, max(cfg.OPTIM.MAX_EPOCH, 1))
 
     def build_prompt_model(self, cfg, classnames, clip_model):
         opts = cfg.TRAINER.PROMPTSRC
         learner = PromptSRCPromptLearner(opts, classnames, clip_model)
-        fixed = handcrafted_features(clip_model, classnames, IMAGENET_TEMPLATES, False)
-        return SelfRegulatedCLIP(learner, clip_model, fixed, opts, *text_settings(cfg))
+        return SelfRegulatedCLIP(learner, clip_model, classnames, opts, *text_settings(cfg))
 
     def build_model(self) -> None:
         super().build_model()
