@@ -437,12 +437,17 @@ class PromptDiffusionMixin:
         loss = pd.DIFF_WEIGHT * diff_loss
         if pd.CE_WEIGHT <= 0:
             return loss, {}
-        if pd.CE_FROM == "start":
-            x0_hat = self.diffusion.start_estimate(cond.float(), context=self.set_context(cond))
-        prompts = target_to_prompt(x0_hat, base, pd.TARGET)
+        prompts = target_to_prompt(self.ce_estimate(cond, x0_hat), base, pd.TARGET)
         logits = self.model.logits_for(image, cond, prompts).float()
         ce = F.cross_entropy(logits, label)
         return loss + pd.CE_WEIGHT * ce, {"ce": ce.item(), "acc": accuracy(logits, label)}
+
+    def ce_estimate(self, cond: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
+        """The one-step estimate stage 2's cross-entropy goes through (TRAINER.PD.CE_FROM): the
+        diffusion loss's own (noised), or a fresh one from noise at the sampling start (start)."""
+        if self.cfg.TRAINER.PD.CE_FROM == "start":
+            return self.diffusion.start_estimate(cond.float(), context=self.set_context(cond))
+        return x0_hat
 
     def stage2_step(self, loss: torch.Tensor) -> None:
         """Step the denoiser (and the baseline's prompt with UPDATE_BASE), then its EMA; the

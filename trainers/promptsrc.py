@@ -224,7 +224,7 @@ class PromptSRCDiff(PromptDiffusionMixin, PromptSRC):
         pd = self.cfg.TRAINER.PD
         if not self.cfg.TRAINER.PROMPTSRC.SCL_ON_GENERATED:
             return super().stage2_loss(image, label, cond, base, diff_loss, x0_hat)
-        prompts = target_to_prompt(x0_hat, base, pd.TARGET)
+        prompts = target_to_prompt(self.ce_estimate(cond, x0_hat), base, pd.TARGET)
         logits, terms = self.model.self_regulated(image, prompts, cond)
         ce = F.cross_entropy(logits, label)
         self.check_losses(**terms)
