@@ -435,32 +435,38 @@ def seed_hm(output: str, trainer: str, cfg: str, seed: int, kind: str) -> float 
     return 2 * accs[0] * accs[1] / (accs[0] + accs[1])
 
 
+# the settings a verdict compares, each (label, ablation folder or None for the main run)
+VERDICT_SETTINGS = (("paper, 5 steps", None), ("shipped, 1 step", "steps_1"))
+
+
+def _settings_root(output: str, ablation: str | None) -> str:
+    return output if ablation is None else os.path.join(output, "ablations", ablation)
+
+
 def generated_minus_base(outputs: dict[str, str], trainers, seeds) -> dict:
-    """{world: {trainer: [per-seed HM of the generated prompts minus HM of the same checkpoints'
-    base prompts (ablations/inference_base)]}} for the worlds whose output root is given."""
-    gaps: dict[str, dict[str, list[float]]] = {}
+    """{(world, setting): {trainer: [per-seed HM of the generated prompts minus HM of the same
+    checkpoints' base prompts (ablations/inference_base)]}} for each VERDICT_SETTINGS entry."""
+    gaps: dict[tuple[str, str], dict[str, list[float]]] = {}
     for kind, output in outputs.items():
+        base_root = os.path.join(output, "ablations", "inference_base")
         for trainer in trainers:
-            base_tree = os.path.join(output, "base2new", "train_base", source_dataset(kind))
-            folder = os.path.join(base_tree, f"shots_{SHOTS}", trainer)
-            cfgs = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-            for cfg in cfgs:
-                for seed in seeds:
-                    gen = seed_hm(output, trainer, cfg, seed, kind)
-                    base = seed_hm(
-                        os.path.join(output, "ablations", "inference_base"),
-                        trainer,
-                        cfg,
-                        seed,
-                        kind,
-                    )
-                    if gen is not None and base is not None:
-                        gaps.setdefault(kind, {}).setdefault(trainer, []).append(gen - base)
+            folder = os.path.join(
+                output, "base2new", "train_base", source_dataset(kind), f"shots_{SHOTS}", trainer
+            )
+            for cfg in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+                for label, ablation in VERDICT_SETTINGS:
+                    root = _settings_root(output, ablation)
+                    for seed in seeds:
+                        gen = seed_hm(root, trainer, cfg, seed, kind)
+                        base = seed_hm(base_root, trainer, cfg, seed, kind)
+                        if gen is not None and base is not None:
+                            per = gaps.setdefault((kind, label), {})
+                            per.setdefault(trainer, []).append(gen - base)
     return gaps
 
 
 def plot_gaps(gaps: dict, out: str) -> None:
-    """Bar chart: per host and world, mean generated-minus-base HM over seeds, ± std."""
+    """Bar chart: per host, world and setting, mean generated-minus-base HM over seeds, ± std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -470,20 +476,57 @@ def plot_gaps(gaps: dict, out: str) -> None:
     from promptdiff.results.plots import save_figure
 
     trainers = sorted({t for per in gaps.values() for t in per}, key=TRAINERS.index)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(trainers), 3.2))
+    fig, ax = plt.subplots(figsize=(2 + 1.4 * len(trainers), 3.6))
     width = 0.8 / max(len(gaps), 1)
-    for k, (kind, per) in enumerate(sorted(gaps.items())):
+    for k, ((kind, label), per) in enumerate(sorted(gaps.items())):
         xs = np.arange(len(trainers)) + (k - (len(gaps) - 1) / 2) * width
         means = [np.mean(per[t]) if t in per else np.nan for t in trainers]
         stds = [np.std(per[t]) if t in per else 0 for t in trainers]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{kind} world")
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{kind} world, {label}")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(np.arange(len(trainers)), trainers, rotation=20)
-    ax.set_ylabel("HM: generated - base prompt")
-    ax.set_title("Same checkpoint, generated vs its own base prompt (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("HM: generated - own base prompt")
+    ax.set_title(
+        "Each checkpoint's generated prompts against its own base prompt (mean ± std, seeds)"
+    )
+    ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, out, 150)
+
+
+def verdict_table(output: str, kind: str, pairs, seeds) -> str:
+    """Markdown: per host (baseline, *Diff), HM (mean of per-seed HM ± std) of the baseline, the
+    *Diff under each VERDICT_SETTINGS entry and its base prompt, and shipped minus base / baseline."""
+    import numpy as np
+
+    def stats(root, trainer):
+        folder = os.path.join(
+            root, "base2new", "train_base", source_dataset(kind), f"shots_{SHOTS}", trainer
+        )
+        cfgs = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        vals = [seed_hm(root, trainer, cfg, s, kind) for cfg in cfgs[:1] for s in seeds]
+        return [v for v in vals if v is not None]
+
+    def fmt(vals):
+        return f"{np.mean(vals):.2f} ± {np.std(vals):.2f} ({len(vals)})" if vals else "–"
+
+    lines = [
+        "| host | baseline | *Diff, paper (5 steps) | *Diff, shipped (1 step) | same checkpoints' base "
+        "prompt | shipped - base prompt | shipped - baseline |",
+        "|:--|--:|--:|--:|--:|--:|--:|",
+    ]
+    for baseline, diff in pairs:
+        base_line = stats(output, baseline)
+        paper = stats(output, diff)
+        shipped = stats(_settings_root(output, "steps_1"), diff)
+        own = stats(_settings_root(output, "inference_base"), diff)
+        gap = [a - b for a, b in zip(shipped, own)] if len(shipped) == len(own) else []
+        vs = np.mean(shipped) - np.mean(base_line) if shipped and base_line else None
+        lines.append(
+            f"| {diff} | {fmt(base_line)} | {fmt(paper)} | {fmt(shipped)} | {fmt(own)} | "
+            f"{fmt(gap)} | {'–' if vs is None else f'{vs:+.2f}'} |"
+        )
+    return "\n".join(lines)
 
 
 def plot_generated(
@@ -658,9 +701,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"error: no base2new runs with an inference_base ablation under {args.output}."
             )
         plot_gaps(gaps, os.path.join(args.out_dir, "generated_minus_base.png"))
-        for kind, per in sorted(gaps.items()):
+        for (kind, label), per in sorted(gaps.items()):
             for trainer, values in per.items():
-                print(f"{kind:8s} {trainer:14s} " + " ".join(f"{v:+.2f}" for v in values))
+                print(
+                    f"{kind:8s} {label:16s} {trainer:14s} " + " ".join(f"{v:+.2f}" for v in values)
+                )
+        pairs = [(t[: -len("Diff")], t) for t in trainers if t.endswith("Diff")]
+        for kind in WORLD_KINDS:
+            print(f"\n{kind} world\n" + verdict_table(args.output, kind, pairs, seeds))
         if args.generated_run:
             out = os.path.join(args.out_dir, f"generated_residuals_{args.world}.png")
             plot_generated(args.root, args.generated_run, out, args.world)
