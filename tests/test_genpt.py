@@ -103,6 +103,37 @@ def test_ensemble_mixes_in_zero_shot_clip_logits(data, tmp_path):
     assert not torch.allclose(soft, zero_shot, atol=1e-3)
 
 
+def test_prefix_sharing_is_read_and_equals_the_full_sequences(data, tmp_path, monkeypatch):
+    """MODEL.TEXT.SHARE_PREFIX reaches GenPT's model, and both paths give the same features and
+    gradients (shared context and per-image contexts, as GenPTDiff's stage 2 uses them)."""
+    import promptdiff.backbone.encoders as encoders
+
+    calls, real = [], encoders.encode_text_shared_prefix
+    monkeypatch.setattr(
+        encoders, "encode_text_shared_prefix", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    cond = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(4)), dim=-1)
+    weights = torch.randn(3, 4, generator=torch.Generator().manual_seed(6))
+    outputs = {}
+    for share in (True, False):
+        opts = ("MODEL.TEXT.SHARE_PREFIX", str(share))
+        model = _build(_args(data, tmp_path / str(share), "GenPT", *RANDOM_CTX, *opts)).model
+        assert model.share_prefix is share
+        ctx = model.prompt_learner.ctx
+        delta = 0.1 * torch.randn(3, *ctx.shape, generator=torch.Generator().manual_seed(5))
+        before = len(calls)
+        text = model.text_features()
+        logits = model.logits_for(None, cond, ctx + delta)
+        assert (len(calls) > before) == share
+        grads = torch.autograd.grad([text.sum(), (logits * weights).sum()], [ctx])
+        outputs[share] = (ctx.detach(), text, logits, grads[0])
+    (ctx_a, *fast), (ctx_b, *plain) = outputs[True], outputs[False]
+    assert torch.equal(ctx_a, ctx_b)  # the same seeded initial context
+    assert plain[-1].abs().sum() > 0
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
+
+
 # ---- the mutual-information term -------------------------------------------------------------
 def test_info_nce_equals_hand_computation():
     soft = torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0], [1.0, 1.0, 0.0]])

@@ -194,8 +194,16 @@ class GenPTPromptLearner(CoOpPromptLearner):
 class GenPTCLIP(CoOpCLIP):
     """CoOp's prompted CLIP plus the hand-crafted view's class features and the inference ensemble."""
 
-    def __init__(self, learner, clip_model, hand_features, ensemble: float, chunk_size: int = 0):
-        super().__init__(learner, clip_model, chunk_size)
+    def __init__(
+        self,
+        learner,
+        clip_model,
+        hand_features,
+        ensemble: float,
+        chunk_size: int = 0,
+        share_prefix: bool = True,
+    ):
+        super().__init__(learner, clip_model, chunk_size, share_prefix)
         # derived from the classes and the frozen CLIP: never part of a checkpoint
         self.register_buffer("hand_features", hand_features, persistent=False)
         self.ensemble_weight = ensemble
@@ -237,7 +245,7 @@ class GenPT(ClipPromptTrainer):
         log(f"Hand-crafted view: {templates}")
         hand = handcrafted_features(clip_model, classnames, templates)
         learner = GenPTPromptLearner(opts, classnames, clip_model)
-        return GenPTCLIP(learner, clip_model, hand, opts.ENSEMBLE, text_settings(cfg)[0])
+        return GenPTCLIP(learner, clip_model, hand, opts.ENSEMBLE, *text_settings(cfg))
 
     def filter_loaded_state_dict(self, name: str, state_dict: dict) -> dict:
         # the prototype memory is training state (resuming restores it); a loaded model starts
