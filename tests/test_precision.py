@@ -45,13 +45,7 @@ def test_fp16_clip_trains_fp32_master_context():
     assert all(p.grad is None for p in clip_model.parameters())
 
 
-CUDA_REASON = (
-    "needs a CUDA GPU: autocast to bf16/fp16 is a GPU feature (on CPU, PREC amp falls back to "
-    "fp32); runs wherever CUDA exists"
-)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.cuda  # autocast to bf16/fp16 is a GPU feature (on CPU, PREC amp falls back to fp32)
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_amp_forward_matches_fp32_on_cuda(share_prefix):
     device = torch.device("cuda")
@@ -79,7 +73,7 @@ def test_amp_forward_matches_fp32_on_cuda(share_prefix):
     assert (logits - ref).abs().max() < 1.0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.cuda  # autocast to bf16/fp16 is a GPU feature (on CPU, PREC amp falls back to fp32)
 def test_amp_stage2_step_keeps_fp32_masters_on_cuda(tiny_weights, shapes_root, tmp_path):
     from conftest import train_args
 

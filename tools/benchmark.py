@@ -79,6 +79,8 @@ TRAINER_CONFIGS = {
     "VPTDiff": "VPTDiff/vit_b16_c2_ep5_batch4_8ctx",
     "MaPLe": "MaPLe/vit_b16_c2_ep5_batch4_2ctx",
     "MaPLeDiff": "MaPLeDiff/vit_b16_c2_ep5_batch4_2ctx",
+    "IVLP": "IVLP/vit_b16_c2_ep5_batch4_2+2ctx",
+    "IVLPDiff": "IVLPDiff/vit_b16_c2_ep5_batch4_2+2ctx",
     "GenPT": "GenPT/vit_b16_ep50_ctxv1",
     "GenPTDiff": "GenPTDiff/vit_b16_ep50_ctxv1",
 }
@@ -252,8 +254,9 @@ class Workspace:
         return make_shapes_caltech(folder, n_classes, n_per_class=4)
 
 
-def build(name: str, n_classes: int, ws: Workspace, opts: Options):
-    """A trainer built as train.py builds it (config files, CLI flags, KEY VALUE options)."""
+def build(name: str, n_classes: int, ws: Workspace, opts: Options, extra: tuple[str, ...] = ()):
+    """A trainer built as train.py builds it (config files, CLI flags, KEY VALUE options); `extra`
+    KEY VALUE options come last, so they override the fp32-on-CPU defaults here."""
     from promptdiff.host import build_trainer, set_random_seed
     from train import build_parser, setup_cfg
 
@@ -284,7 +287,9 @@ def build(name: str, n_classes: int, ws: Workspace, opts: Options):
     ]  # fmt: skip
     if ws.layers < 12:  # the upstream prompt depths (VPT 12, MaPLe 9) need a ViT-B-deep CLIP
         depth = str(ws.layers)
-        argv += ["TRAINER.VPT.PROMPT_DEPTH_VISION", depth, "TRAINER.MAPLE.PROMPT_DEPTH", depth]
+        argv += ["TRAINER.VPT.PROMPT_DEPTH_VISION", depth, "TRAINER.MAPLE.PROMPT_DEPTH", depth,
+                 "TRAINER.IVLP.PROMPT_DEPTH_TEXT", depth, "TRAINER.IVLP.PROMPT_DEPTH_VISION", depth]  # fmt: skip
+    argv += list(extra)
     cfg = setup_cfg(build_parser().parse_args(argv))
     set_random_seed(cfg.SEED)
     return build_trainer(cfg)

@@ -37,11 +37,13 @@ DEFAULT_TEMPLATE = "a photo of a {}."
 class ZeroshotCLIP(TrainerX):
     """Classifies with CLIP's features of "<template with class name>"; nothing is trained."""
 
+    CFG_KEY = "ZSCLIP"  # its TRAINER.ZSCLIP block, named as the prompted trainers name theirs
+
     def build_model(self) -> None:
         cfg = self.cfg
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH, self.device)
         check_input_size(clip_model, cfg.INPUT.SIZE)
-        cast_for_precision(clip_model, cfg.TRAINER.ZSCLIP.PREC, self.device)
+        cast_for_precision(clip_model, cfg.TRAINER[self.CFG_KEY].PREC, self.device)
         template = CUSTOM_TEMPLATES.get(cfg.DATASET.NAME, DEFAULT_TEMPLATE)
         prompts = [template.format(c.replace("_", " ")) for c in self.dm.dataset.classnames]
         log(f"Prompts: {prompts}")
