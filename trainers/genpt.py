@@ -61,6 +61,7 @@ from trainers.zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 # CoOp's context plus the two terms
 declare_keys(
     "TRAINER.GENPT",
+    test_time=("ENSEMBLE",),
     N_CTX=16,
     CTX_INIT="",
     PREC="fp16",

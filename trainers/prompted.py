@@ -40,6 +40,7 @@ class DiffusionHooks(Protocol):
 # how per-image class prompts go through the text encoder (exact either way)
 declare_keys(
     "MODEL.TEXT",
+    test_time=("CHUNK",),  # chunking only bounds memory: the same model either way
     # sequences per text-encoder call (0 = all at once); with gradients each chunk is checkpointed
     CHUNK=0,
     # encode the class-independent [SOS] + context prefix once per prompt, not once per class
