@@ -488,7 +488,7 @@ def test_fp16_clip_trains_fp32_prompts(name):
         model = CoCoOpCLIP(CoCoOpPromptLearner(opts, classes, clip_model), clip_model)
     elif name == "VPT":
         opts = CN({"N_CTX_VISION": 4, "PROMPT_DEPTH_VISION": 2})
-        model = VisionPromptedCLIP(VPTPromptLearner(opts, clip_model), clip_model, classes, "a")
+        model = VisionPromptedCLIP(VPTPromptLearner(opts, clip_model), clip_model, classes, "a {}")
     elif name == "MaPLe":
         opts = CN({"N_CTX": 2, "CTX_INIT": "a photo of a", "PROMPT_DEPTH": 2})
         model = MultiModalPromptedCLIP(MaPLePromptLearner(opts, classes, clip_model), clip_model)

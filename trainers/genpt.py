@@ -48,15 +48,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptdiff.backbone.encoders import embed_dim, encode_text_tokens
-from promptdiff.backbone.prompts import tokenize
+from promptdiff.backbone.classifier import dataset_template, logits_from_features, template_features
+from promptdiff.backbone.encoders import embed_dim
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer, accuracy, logits_from_features
+from trainers.base import ClipPromptTrainer, accuracy
 from trainers.coop import CoOpCLIP, CoOpPromptLearner
 from trainers.prompt_diffusion import PromptDiffusionMixin
 from trainers.prompted import text_settings
-from trainers.zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
 
 # CoOp's context plus the two terms
 declare_keys(
@@ -114,14 +113,8 @@ def handcrafted_features(
     clip_model: nn.Module, classnames: list[str], templates: list[str]
 ) -> torch.Tensor:
     """Frozen class features [C, E]: per template L2-normalised, averaged, normalised again."""
-    names = [name.replace("_", " ") for name in classnames]
-    device = clip_model.token_embedding.weight.device
-    views = []
-    with torch.no_grad():
-        for template in templates:
-            tokens = tokenize([template.format(name) for name in names]).to(device)
-            views.append(F.normalize(encode_text_tokens(clip_model, tokens).float(), dim=-1))
-    return F.normalize(torch.stack(views).mean(0), dim=-1)
+    views = F.normalize(template_features(clip_model, classnames, templates).float(), dim=-1)
+    return F.normalize(views.mean(0), dim=-1)
 
 
 def info_nce(soft: torch.Tensor, hand: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -240,9 +233,7 @@ class GenPT(ClipPromptTrainer):
 
     def build_prompt_model(self, cfg, classnames, clip_model):
         opts = cfg.TRAINER.GENPT
-        templates = list(opts.TEMPLATES) or [
-            CUSTOM_TEMPLATES.get(cfg.DATASET.NAME, DEFAULT_TEMPLATE)
-        ]
+        templates = list(opts.TEMPLATES) or [dataset_template(cfg.DATASET.NAME)]
         log(f"Hand-crafted view: {templates}")
         hand = handcrafted_features(clip_model, classnames, templates)
         learner = GenPTPromptLearner(opts, classnames, clip_model)

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptdiff.backbone.classifier import logits_from_features
 from promptdiff.backbone.encoders import encode_image
 from promptdiff.config_keys import declare_keys
 from promptdiff.engine.config import rename_key
-from trainers.base import logits_from_features
 
 
 class DiffusionHooks(Protocol):
