@@ -6,7 +6,7 @@ first: `python tools/miniworld.py build --root DATA`."""
 
 import os
 
-from datasets.common import (
+from promptdiff.datasets.common import (
     CoOpDataset,
     Layout,
     dataset_folder,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import trainers  # noqa: F401  (registers the trainers and their config keys)
+import promptdiff.trainers  # noqa: F401  (registers the trainers and their config keys)
 from promptdiff.config_keys import declare_keys, declared_namespaces, extend_cfg
 from promptdiff.engine.config import BASE_KEY, ConfigError, merge_file, merge_opts
 from promptdiff.engine.runinfo import _flatten

@@ -12,8 +12,8 @@ from conftest import read_results, train_args
 
 from promptdiff.backbone import save_tiny_clip
 from promptdiff.synthetic import make_shapes_caltech
+from promptdiff.trainers.genpt import ClassMemory, info_nce, mix_classwise
 from train import build_parser, cli, setup_cfg
-from trainers.genpt import ClassMemory, info_nce, mix_classwise
 
 CFG = {"GenPT": "GenPT/vit_b16_ep50_ctxv1", "GenPTDiff": "GenPTDiff/vit_b16_ep50_ctxv1"}
 DIFF_OPTS = tuple(
@@ -43,8 +43,8 @@ def _args(data, out, name: str, *opts: str) -> list[str]:
 
 
 def _build(args: list[str]):
-    import datasets  # noqa: F401
-    import trainers  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.host import build_trainer, set_random_seed
 
     cfg = setup_cfg(build_parser().parse_args(args))

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tools.gpu_check import pytest_counts
+from promptdiff.tools.gpu_check import pytest_counts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -52,7 +52,7 @@ from torch.utils import benchmark  # noqa: E402
 
 from promptdiff.fileio import atomic_write  # noqa: E402
 from promptdiff.synthetic import make_shapes_caltech  # noqa: E402
-from tools.bench_fastpaths import ROW_SIZES, Bench, run_rows  # noqa: E402
+from promptdiff.tools.bench_fastpaths import ROW_SIZES, Bench, run_rows  # noqa: E402
 
 # CLIP sizes (keyword arguments of promptdiff.backbone.save_tiny_clip); "tiny" = its defaults
 SIZES = {
@@ -147,22 +147,22 @@ class Options:
 
 # ---- what runs where -----------------------------------------------------------------------------
 def registry():
-    import datasets  # noqa: F401  (registers the datasets)
-    import trainers  # noqa: F401  (registers every trainer module that exists)
+    import promptdiff.datasets  # noqa: F401  (registers the datasets)
+    import promptdiff.trainers  # noqa: F401  (registers every trainer module that exists)
     from promptdiff.host import TRAINER_REGISTRY
 
     return TRAINER_REGISTRY
 
 
 def is_diff(name: str) -> bool:
-    from trainers.prompt_diffusion import PromptDiffusionMixin
+    from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
 
     return issubclass(registry().get(name), PromptDiffusionMixin)
 
 
 def baseline_of(name: str) -> str:
     """The baseline a *Diff trainer mixes into (the class after the mixin in its bases)."""
-    from trainers.prompt_diffusion import PromptDiffusionMixin
+    from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
 
     cls = registry().get(name)
     for base in cls.__mro__[1:]:

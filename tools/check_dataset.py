@@ -24,8 +24,8 @@ if REPO_ROOT not in sys.path:
 
 import yaml  # noqa: E402
 
-import datasets  # noqa: E402, F401  (registers every dataset)
-from datasets.common import Layout  # noqa: E402
+import promptdiff.datasets  # noqa: E402, F401  (registers every dataset)
+from promptdiff.datasets.common import Layout  # noqa: E402
 from promptdiff.host import DATASET_REGISTRY  # noqa: E402
 from promptdiff.imagefiles import is_image_file  # noqa: E402
 

@@ -58,7 +58,7 @@ def _peak_mb(device: torch.device) -> float | None:
 def check_trainer(name: str, prec: str, n_classes: int, images: int, ws, opts, device: str) -> dict:
     """One training step and one evaluation batch of `name` at precision `prec` on `device` (see
     the module docstring); raises what the trainer raises."""
-    from tools.benchmark import batch, build
+    from promptdiff.tools.benchmark import batch, build
 
     cuda = device == "cuda"
     key = _registry().get(name).CFG_KEY
@@ -113,13 +113,13 @@ def check_trainer(name: str, prec: str, n_classes: int, images: int, ws, opts, d
 
 
 def _registry():
-    from tools.benchmark import registry
+    from promptdiff.tools.benchmark import registry
 
     return registry()
 
 
 def run_trainers(args) -> int:
-    from tools.benchmark import Options, Workspace
+    from promptdiff.tools.benchmark import Options, Workspace
 
     names = args.trainers or _registry().registered_names()
     opts = Options(size=args.size, workdir=args.workdir, verbose=False)

@@ -33,8 +33,8 @@ def sweep(
     epoch: int | None = None,
 ) -> list[dict]:
     """One record per (sampler, steps): accuracy, macro_f1, correct, total on TEST.SPLIT."""
-    import datasets  # noqa: F401  (registers the datasets)
-    import trainers  # noqa: F401  (registers the trainers)
+    import promptdiff.datasets  # noqa: F401  (registers the datasets)
+    import promptdiff.trainers  # noqa: F401  (registers the trainers)
     from promptdiff.engine.config import merge_opts
     from promptdiff.host import TRAINER_REGISTRY, set_random_seed
     from promptdiff.predict import checkpoint_epoch, run_config

@@ -21,7 +21,7 @@ from promptdiff.host import TrainerX, build_lr_scheduler, build_optimizer, load_
 from promptdiff.trainer_names import split_diff
 
 if TYPE_CHECKING:
-    from trainers.prompted import PromptedCLIP
+    from promptdiff.trainers.prompted import PromptedCLIP
 
 PRECISIONS = ("fp16", "fp32", "amp")
 

@@ -52,10 +52,10 @@ from promptdiff.backbone.classifier import dataset_template, logits_from_feature
 from promptdiff.backbone.encoders import embed_dim
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer, accuracy
-from trainers.coop import CoOpCLIP, CoOpPromptLearner
-from trainers.prompt_diffusion import PromptDiffusionMixin
-from trainers.prompted import text_settings
+from promptdiff.trainers.base import ClipPromptTrainer, accuracy
+from promptdiff.trainers.coop import CoOpCLIP, CoOpPromptLearner
+from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+from promptdiff.trainers.prompted import text_settings
 
 # CoOp's context plus the two terms
 declare_keys(

@@ -32,9 +32,9 @@ from promptdiff.diffusion import (
 )
 from promptdiff.engine import count_num_param, distributed
 from promptdiff.host import log
-from trainers.base import accuracy
-from trainers.overfit_classes import overfit_loss_classes
-from trainers.prompted import DiffusionHooks
+from promptdiff.trainers.base import accuracy
+from promptdiff.trainers.overfit_classes import overfit_loss_classes
+from promptdiff.trainers.prompted import DiffusionHooks
 
 INFERENCE_MODES = ("sample", "base", "mean")
 

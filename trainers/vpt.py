@@ -22,9 +22,9 @@ from promptdiff.backbone.encoders import encode_image, vision_layers, vision_wid
 from promptdiff.backbone.loader import _clip
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer
-from trainers.prompt_diffusion import PromptDiffusionMixin
-from trainers.prompted import PromptedCLIP
+from promptdiff.trainers.base import ClipPromptTrainer
+from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+from promptdiff.trainers.prompted import PromptedCLIP
 
 declare_keys(
     "TRAINER.VPT", N_CTX_VISION=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=1
