@@ -1,5 +1,5 @@
 """The Python parts of tools/gpu_check.sh: per-trainer GPU steps, the torchrun smoke test, and the
-summary (one JSON, one short table). Run from the repository root as `python -m tools.gpu_check`.
+summary (one JSON, one short table): `python -m promptdiff.tools.gpu_check PART ...`.
 
 - `trainers`: every registered trainer built as train.py builds it (tools/benchmark.py's `build`,
   its own config file) on a randomly initialised CLIP of the chosen size, once per precision

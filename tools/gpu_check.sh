@@ -13,7 +13,8 @@
 # env:   PYTHON (default .venv/bin/python, else python3), GPU_CHECK_PARTS (names above),
 #        GPU_CHECK_DEVICE (auto | cuda | cpu: cpu runs the GPU parts on the CPU, as the test does),
 #        GPU_CHECK_SIZE (vit_b16 | tiny), GPU_CHECK_PRECS, GPU_CHECK_TRAINERS, GPU_CHECK_NPROC,
-#        GPU_CHECK_TIMEOUT_<PART> in seconds (defaults below: 90 + 210 + 100 + 60 = 460)
+#        GPU_CHECK_TIMEOUT_<PART> in seconds (defaults below: 90 + 180 + 100 + 60, and 40 for an install),
+#        GPU_CHECK_INSTALL (1: pip install -e . when promptdiff is missing; default 1 with a GPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu_check_out}
@@ -25,18 +26,10 @@ PARTS=${GPU_CHECK_PARTS:-cuda_tests trainers benchmark ddp}
 SIZE=${GPU_CHECK_SIZE:-vit_b16}
 PRECS=${GPU_CHECK_PRECS:-fp16 amp}
 TRAINERS=${GPU_CHECK_TRAINERS:-}
-declare -A LIMIT=([cuda_tests]=90 [trainers]=210 [benchmark]=100 [ddp]=60)
+declare -A LIMIT=([cuda_tests]=90 [trainers]=180 [benchmark]=100 [ddp]=60)
 
 mkdir -p "$OUT"
 rm -f "$OUT"/*.status.json "$OUT"/*.log "$OUT"/*.json "$OUT"/gpu_check.md
-
-GPUS=$(timeout 60 "$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
-DEVICE=${GPU_CHECK_DEVICE:-auto}
-if [ "$DEVICE" = auto ]; then
-    if [ "${GPUS:-0}" -gt 0 ]; then DEVICE=cuda; else DEVICE=none; fi
-fi
-if [ "$DEVICE" = cuda ]; then NPROC=${GPU_CHECK_NPROC:-$GPUS}; else NPROC=${GPU_CHECK_NPROC:-2}; fi
-echo "gpu_check: $GPUS GPU(s), device $DEVICE, python $PY, output $OUT"
 
 status() {  # NAME STATUS RC SECONDS
     printf '{"status": "%s", "rc": %s, "seconds": %s}\n' "$2" "$3" "$4" >"$OUT/$1.status.json"
@@ -58,6 +51,25 @@ run_part() {  # NAME COMMAND...: under GPU_CHECK_TIMEOUT_NAME seconds, output in
     status "$name" "$state" "$rc" "$(($(date +%s) - start))"
 }
 
+GPUS=$(timeout 60 "$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+# the tools import promptdiff.trainers/.tools, which only an install maps (setup.py): a GPU machine
+# with the repository copied onto it gets the editable install first (no downloads); elsewhere
+# only with GPU_CHECK_INSTALL=1, so that a development environment is never changed unasked
+if ! "$PY" -c 'import promptdiff.tools, promptdiff.trainers' 2>/dev/null; then
+    if [ "${GPU_CHECK_INSTALL:-$([ "${GPUS:-0}" -gt 0 ] && echo 1 || echo 0)}" = 1 ]; then
+        LIMIT[install]=40
+        run_part install "$PY" -m pip install -q --no-deps --no-build-isolation -e .
+    else
+        echo "gpu_check: promptdiff is not installed here; run bash tools/setup_env.sh" >&2
+    fi
+fi
+DEVICE=${GPU_CHECK_DEVICE:-auto}
+if [ "$DEVICE" = auto ]; then
+    if [ "${GPUS:-0}" -gt 0 ]; then DEVICE=cuda; else DEVICE=none; fi
+fi
+if [ "$DEVICE" = cuda ]; then NPROC=${GPU_CHECK_NPROC:-$GPUS}; else NPROC=${GPU_CHECK_NPROC:-2}; fi
+echo "gpu_check: $GPUS GPU(s), device $DEVICE, python $PY, output $OUT"
+
 for part in $PARTS; do
     if [ "$DEVICE" = none ] && [ "$part" != cuda_tests ]; then
         status "$part" skipped 0 0
@@ -67,7 +79,7 @@ for part in $PARTS; do
         cuda_tests) run_part cuda_tests "$PY" -m pytest -q -p no:cacheprovider -m cuda tests ;;
         trainers)
             # shellcheck disable=SC2086  # word lists
-            run_part trainers "$PY" -m tools.gpu_check trainers --out "$OUT/trainers.json" \
+            run_part trainers "$PY" -m promptdiff.tools.gpu_check trainers --out "$OUT/trainers.json" \
                 --device "$DEVICE" --size "$SIZE" --precs $PRECS ${TRAINERS:+--trainers $TRAINERS}
             ;;
         benchmark)
@@ -76,9 +88,9 @@ for part in $PARTS; do
             ;;
         ddp)
             run_part ddp "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
-                -m tools.gpu_check ddp --out "$OUT/ddp.json" --device "$DEVICE"
+                -m promptdiff.tools.gpu_check ddp --out "$OUT/ddp.json" --device "$DEVICE"
             ;;
         *) echo "gpu_check: unknown part $part (use: cuda_tests trainers benchmark ddp)" >&2 ;;
     esac
 done
-"$PY" -m tools.gpu_check summary "$OUT"
+"$PY" -m promptdiff.tools.gpu_check summary "$OUT"

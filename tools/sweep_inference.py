@@ -15,14 +15,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from promptdiff.fileio import atomic_write  # noqa: E402
-from promptdiff.results.tables import comma_list, int_list  # noqa: E402
+from promptdiff.fileio import atomic_write
+from promptdiff.results.tables import comma_list, int_list
 
 
 def sweep(
