@@ -17,6 +17,14 @@ MAPPED = {
 }
 
 
+def read_version() -> str:
+    """promptdiff/_version.py's __version__, read without importing the package."""
+    scope: dict = {}
+    with open("promptdiff/_version.py") as f:
+        exec(f.read(), scope)
+    return scope["__version__"]
+
+
 def read_requirements() -> list[str]:
     with open("requirements.txt") as f:
         lines = [line.split("#")[0].strip() for line in f]
@@ -33,7 +41,7 @@ def packages() -> list[str]:
 
 setup(
     name="promptdiff",
-    version="0.1.0",
+    version=read_version(),
     description="Prompt diffusion for CLIP prompt learning (CoOp, CoCoOp, VPT, MaPLe) on a "
     "Dassl-compatible engine",
     packages=packages(),

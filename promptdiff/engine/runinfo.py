@@ -159,7 +159,7 @@ def package_versions() -> dict[str, str | None]:
             except importlib.metadata.PackageNotFoundError:
                 continue
     if versions["promptdiff"] is None:
-        import promptdiff
+        from promptdiff._version import __version__
 
-        versions["promptdiff"] = promptdiff.__version__
+        versions["promptdiff"] = __version__
     return versions
