@@ -126,7 +126,7 @@ def test_the_library_knows_no_trainer_keys_until_trainers_register_them():
         "import sys; from promptdiff.config_keys import extend_cfg; "
         "from promptdiff.engine.config import get_cfg_default; "
         "cfg = extend_cfg(get_cfg_default()); "
-        "print(sorted(cfg.TRAINER), 'trainers' in sys.modules)"
+        "print(sorted(cfg.TRAINER), 'promptdiff.trainers' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True

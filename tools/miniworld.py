@@ -28,7 +28,6 @@ import sys
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import promptdiff.trainers as _registers_trainers  # noqa: E402, F401
 from promptdiff import miniworld as mw  # noqa: E402
