@@ -36,7 +36,7 @@ def check(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, str]:
     env.pop("PROMPTDIFF_HOST", None)
     proc = subprocess.run(
         ["bash", "tools/gpu_check.sh", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400,
     )  # fmt: skip
     with open(out / "gpu_check.json") as f:
         record = json.load(f)
