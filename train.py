@@ -100,7 +100,7 @@ def reset_cfg(cfg, args) -> None:
 
 
 def setup_cfg(args):
-    import trainers  # noqa: F401  (registers the trainers and the config keys they declare)
+    import promptdiff.trainers  # noqa: F401  (registers the trainers and the config keys they declare)
     from promptdiff.config_keys import extend_cfg
     from promptdiff.engine.config import merge_file, merge_opts
     from promptdiff.host import get_cfg_default
@@ -119,7 +119,7 @@ def setup_cfg(args):
 
 def check_eval_args(args, trainer_class) -> None:
     """--eval-only on a trainer with learned prompts needs the trained model (--model-dir)."""
-    from trainers.base import ClipPromptTrainer
+    from promptdiff.trainers.base import ClipPromptTrainer
 
     if args.eval_only and not args.model_dir and issubclass(trainer_class, ClipPromptTrainer):
         raise ValueError(
@@ -188,8 +188,8 @@ def main(args) -> int:
     if args.same_run:
         return same_run(setup_cfg(args))
 
-    import datasets  # noqa: F401  (registers the datasets)
-    import trainers  # noqa: F401  (registers the trainers)
+    import promptdiff.datasets  # noqa: F401  (registers the datasets)
+    import promptdiff.trainers  # noqa: F401  (registers the trainers)
     from promptdiff.engine.checkpoint import has_checkpoint
     from promptdiff.engine.distributed import (
         init_distributed,

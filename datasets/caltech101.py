@@ -1,4 +1,4 @@
-from datasets.common import CoOpDataset
+from promptdiff.datasets.common import CoOpDataset
 from promptdiff.host import DATASET_REGISTRY
 
 IGNORED = ("BACKGROUND_Google", "Faces_easy")

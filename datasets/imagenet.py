@@ -1,6 +1,6 @@
 import os
 
-from datasets.common import (
+from promptdiff.datasets.common import (
     CoOpDataset,
     Layout,
     check_images,

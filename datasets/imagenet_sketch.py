@@ -1,4 +1,4 @@
-from datasets.imagenet import ImageNetTestOnly
+from promptdiff.datasets.imagenet import ImageNetTestOnly
 from promptdiff.host import DATASET_REGISTRY
 
 

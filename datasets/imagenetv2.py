@@ -1,7 +1,7 @@
 import os
 
-from datasets.common import check_images, list_images, require_dir
-from datasets.imagenet import ImageNetTestOnly
+from promptdiff.datasets.common import check_images, list_images, require_dir
+from promptdiff.datasets.imagenet import ImageNetTestOnly
 from promptdiff.host import DATASET_REGISTRY, Datum
 
 

@@ -7,7 +7,7 @@ which experiment ran first: `python tools/miniworld.py build [--world percam] --
 
 import os
 
-from datasets.common import (
+from promptdiff.datasets.common import (
     CoOpDataset,
     Layout,
     dataset_folder,

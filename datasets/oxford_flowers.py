@@ -3,7 +3,7 @@ import random
 
 from scipy.io import loadmat
 
-from datasets.common import (
+from promptdiff.datasets.common import (
     CoOpDataset,
     make_datum,
     require_file,

@@ -2,7 +2,7 @@ import os
 
 from scipy.io import loadmat
 
-from datasets.common import (
+from promptdiff.datasets.common import (
     CoOpDataset,
     make_datum,
     require_dir,

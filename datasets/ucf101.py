@@ -1,7 +1,7 @@
 import os
 import re
 
-from datasets.common import (
+from promptdiff.datasets.common import (
     CoOpDataset,
     make_datum,
     require_file,

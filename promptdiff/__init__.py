@@ -1,6 +1,8 @@
 """Prompt diffusion for CLIP prompt learning (arXiv 2410.20164) on a Dassl-compatible engine."""
 
-__version__ = "0.1.0"
+from promptdiff._version import __version__
+
+__all__ = ["__version__", "load"]
 
 
 def load(run_dir: str, epoch: int | None = None):

@@ -23,7 +23,7 @@ ImageLike = str | os.PathLike | Image.Image
 
 def run_config(run_dir: str):
     """The merged config a training run wrote to RUN/config.yaml, on top of today's defaults."""
-    import trainers  # noqa: F401  (registers the trainers and the config keys they declare)
+    import promptdiff.trainers  # noqa: F401  (registers the trainers and the config keys they declare)
     from promptdiff.config_keys import extend_cfg
     from promptdiff.engine.config import merge_file
     from promptdiff.host import get_cfg_default
@@ -71,8 +71,8 @@ class Predictor:
     """A trained run, ready to classify images among any class names."""
 
     def __init__(self, run_dir: str, epoch: int | None = None):
-        import datasets  # noqa: F401  (registers the datasets a config may name)
-        import trainers  # noqa: F401  (registers the trainers)
+        import promptdiff.datasets  # noqa: F401  (registers the datasets a config may name)
+        import promptdiff.trainers  # noqa: F401  (registers the trainers)
         from promptdiff.host import TRAINER_REGISTRY
 
         self.run_dir = run_dir

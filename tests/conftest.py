@@ -11,6 +11,18 @@ from promptdiff.backbone import save_tiny_clip
 from promptdiff.synthetic import make_shapes_caltech
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    # `-m cuda` selects these (tools/gpu_check.sh runs them); without CUDA they are skipped
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked cuda: needs a CUDA GPU (tools/gpu_check.sh runs them)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> str:
     return save_tiny_clip(str(tmp_path_factory.mktemp("clip") / "tiny.pt"))

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from tools.bench_fastpaths import EXACT_TOL, TARGETS, Bench, TensorMemory, peak_mb
-from tools.benchmark import (
+from promptdiff.tools.bench_fastpaths import EXACT_TOL, TARGETS, Bench, TensorMemory, peak_mb
+from promptdiff.tools.benchmark import (
     REFERENCE,
     Options,
     Probe,

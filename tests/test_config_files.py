@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import trainers  # noqa: F401  (registers the trainers and their config keys)
+import promptdiff.trainers  # noqa: F401  (registers the trainers and their config keys)
 from promptdiff.config_keys import declare_keys, declared_namespaces, extend_cfg
 from promptdiff.engine.config import BASE_KEY, ConfigError, merge_file, merge_opts
 from promptdiff.engine.runinfo import _flatten
@@ -126,7 +126,7 @@ def test_the_library_knows_no_trainer_keys_until_trainers_register_them():
         "import sys; from promptdiff.config_keys import extend_cfg; "
         "from promptdiff.engine.config import get_cfg_default; "
         "cfg = extend_cfg(get_cfg_default()); "
-        "print(sorted(cfg.TRAINER), 'trainers' in sys.modules)"
+        "print(sorted(cfg.TRAINER), 'promptdiff.trainers' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
@@ -141,3 +141,47 @@ def test_a_run_saved_under_the_old_text_key_names_is_compared_under_the_new_ones
     now = {"MODEL.TEXT.SHARE_PREFIX": True, "SEED": 1}
     assert differences(saved, now) == ["MODEL.TEXT.SHARE_PREFIX: False -> True"]
     assert differences({**saved, "TRAINER.PD.TEXT_SHARE_PREFIX": True}, now) == []
+
+
+# ---- test-time keys: marked where the key is declared, read by run identity ----------------------
+# every declared key that run identity leaves out (a resume or --eval-only may change them)
+TEST_TIME = {
+    "TRAINER.PD.STEPS",
+    "TRAINER.PD.SAMPLER",
+    "TRAINER.PD.NUM_SAMPLES",
+    "TRAINER.PD.NOISE_SEED",
+    "TRAINER.PD.INFERENCE",
+    "TRAINER.GENPT.ENSEMBLE",
+    "MODEL.TEXT.CHUNK",
+}
+
+
+def test_run_identity_leaves_out_exactly_the_test_time_keys():
+    from promptdiff.engine.runinfo import run_config
+
+    cfg = extend_cfg(get_cfg_default())
+    declared = set()
+    for namespace in declared_namespaces():
+        node = cfg
+        for part in namespace.split("."):
+            node = node[part]
+        declared |= {f"{namespace}.{key}" for key in node}
+    kept = set(run_config(cfg))
+    assert declared - kept == TEST_TIME
+    assert {"TRAINER.PD.LR", "TRAINER.GENPT.MI_WEIGHT", "MODEL.TEXT.SHARE_PREFIX"} <= kept
+
+
+def test_a_key_marked_test_time_leaves_run_identity(monkeypatch):
+    import promptdiff.config_keys as config_keys
+    from promptdiff.engine.runinfo import run_config
+
+    # a namespace of its own, forgotten again after the test
+    monkeypatch.setattr(config_keys, "_DECLARED", dict(config_keys._DECLARED))
+    monkeypatch.setattr(config_keys, "_TEST_TIME", dict(config_keys._TEST_TIME))
+    declare_keys("TRAINER.XTEST", test_time=("SHOW",), SHOW=1, LEARN=2)
+    config = run_config(extend_cfg(get_cfg_default()))
+    assert "TRAINER.XTEST.LEARN" in config and "TRAINER.XTEST.SHOW" not in config
+    with pytest.raises(ValueError, match="TRAINER.XTEST is declared twice"):
+        declare_keys("TRAINER.XTEST", SHOW=1, LEARN=2)  # the same defaults, unmarked
+    with pytest.raises(ValueError, match="TRAINER.YTEST marks SHOW test-time but does not declare"):
+        declare_keys("TRAINER.YTEST", test_time=("SHOW",), LEARN=2)

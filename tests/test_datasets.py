@@ -12,11 +12,11 @@ from collections import Counter, defaultdict
 import pytest
 from synthetic_layouts import LAYOUTS
 
-import datasets  # noqa: F401  (registers every dataset)
-from datasets.common import Layout, read_split, save_split
+import promptdiff.datasets  # noqa: F401  (registers every dataset)
+from promptdiff.datasets.common import Layout, read_split, save_split
 from promptdiff.engine import DATASET_REGISTRY, get_cfg_default, set_random_seed
 from promptdiff.engine.registry import build_dataset
-from tools import check_dataset
+from promptdiff.tools import check_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -176,8 +176,8 @@ def test_shard_noise_gives_each_image_its_single_process_noise(world, local_batc
 
 def test_shard_replay_reproduces_single_process_logits(ddp_trained, shapes_root, tiny_weights):
     """A CoOpDiff shard evaluated with ShardNoise gives its images the single-process logits."""
-    import datasets  # noqa: F401
-    import trainers  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.host import build_trainer
     from train import build_parser, setup_cfg
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 import torch
 
-from datasets.common import subsample_classes
+from promptdiff.datasets.common import subsample_classes
 from promptdiff.engine import (
     DatasetBase,
     Datum,

@@ -12,8 +12,8 @@ from conftest import read_results, train_args
 
 from promptdiff.backbone import save_tiny_clip
 from promptdiff.synthetic import make_shapes_caltech
+from promptdiff.trainers.genpt import ClassMemory, info_nce, mix_classwise
 from train import build_parser, cli, setup_cfg
-from trainers.genpt import ClassMemory, info_nce, mix_classwise
 
 CFG = {"GenPT": "GenPT/vit_b16_ep50_ctxv1", "GenPTDiff": "GenPTDiff/vit_b16_ep50_ctxv1"}
 DIFF_OPTS = tuple(
@@ -43,8 +43,8 @@ def _args(data, out, name: str, *opts: str) -> list[str]:
 
 
 def _build(args: list[str]):
-    import datasets  # noqa: F401
-    import trainers  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.host import build_trainer, set_random_seed
 
     cfg = setup_cfg(build_parser().parse_args(args))
@@ -101,6 +101,37 @@ def test_ensemble_mixes_in_zero_shot_clip_logits(data, tmp_path):
     zero_shot = torch.cat([zs.model_inference(b["img"]) for b in zs.test_loader])
     torch.testing.assert_close(mixed, 0.75 * soft + 0.25 * zero_shot)
     assert not torch.allclose(soft, zero_shot, atol=1e-3)
+
+
+def test_prefix_sharing_is_read_and_equals_the_full_sequences(data, tmp_path, monkeypatch):
+    """MODEL.TEXT.SHARE_PREFIX reaches GenPT's model, and both paths give the same features and
+    gradients (shared context and per-image contexts, as GenPTDiff's stage 2 uses them)."""
+    import promptdiff.backbone.encoders as encoders
+
+    calls, real = [], encoders.encode_text_shared_prefix
+    monkeypatch.setattr(
+        encoders, "encode_text_shared_prefix", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    cond = F.normalize(torch.randn(3, 32, generator=torch.Generator().manual_seed(4)), dim=-1)
+    weights = torch.randn(3, 4, generator=torch.Generator().manual_seed(6))
+    outputs = {}
+    for share in (True, False):
+        opts = ("MODEL.TEXT.SHARE_PREFIX", str(share))
+        model = _build(_args(data, tmp_path / str(share), "GenPT", *RANDOM_CTX, *opts)).model
+        assert model.share_prefix is share
+        ctx = model.prompt_learner.ctx
+        delta = 0.1 * torch.randn(3, *ctx.shape, generator=torch.Generator().manual_seed(5))
+        before = len(calls)
+        text = model.text_features()
+        logits = model.logits_for(None, cond, ctx + delta)
+        assert (len(calls) > before) == share
+        grads = torch.autograd.grad([text.sum(), (logits * weights).sum()], [ctx])
+        outputs[share] = (ctx.detach(), text, logits, grads[0])
+    (ctx_a, *fast), (ctx_b, *plain) = outputs[True], outputs[False]
+    assert torch.equal(ctx_a, ctx_b)  # the same seeded initial context
+    assert plain[-1].abs().sum() > 0
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)
 
 
 # ---- the mutual-information term -------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from conftest import train_args
 
 from promptdiff.backbone.prompts import tokenize
-from tools import interpret_prompt
+from promptdiff.tools import interpret_prompt
 from train import cli
 
 WORDS = ["dog", "house", "blue", "car"]

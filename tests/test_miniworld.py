@@ -62,7 +62,7 @@ def test_written_world_is_deterministic_and_every_domain_has_every_class(tmp_pat
 
 
 def test_world_reads_as_registered_datasets(tmp_path):
-    import datasets  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
     from promptdiff.engine.config import get_cfg_default
     from promptdiff.host import DATASET_REGISTRY
 
@@ -80,7 +80,7 @@ def test_world_reads_as_registered_datasets(tmp_path):
 
 
 def test_missing_world_is_one_sentence(tmp_path):
-    import datasets  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
     from promptdiff.engine.config import get_cfg_default
     from promptdiff.host import DATASET_REGISTRY
 
@@ -209,7 +209,7 @@ def test_percam_camera_turns_hue_and_stamps_a_band_visible_in_the_pixels(tmp_pat
 
 
 def test_percam_world_reads_as_its_own_datasets(tmp_path):
-    import datasets  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
     from promptdiff.engine.config import get_cfg_default
     from promptdiff.host import DATASET_REGISTRY
 

@@ -28,8 +28,8 @@ def _args(root, weights, out, *opts):
 
 
 def _build(args):
-    import datasets  # noqa: F401
-    import trainers  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.host import build_trainer, set_random_seed
 
     cfg = setup_cfg(build_parser().parse_args(args))

@@ -12,9 +12,14 @@ from test_pd_modes import SMALL, _build
 
 from promptdiff.diffusion import ClassMeans, PromptDiffusion, overfit_per_sample
 from promptdiff.engine.trainer import SimpleTrainer
+from promptdiff.trainers import overfit_entropy
+from promptdiff.trainers.overfit_entropy import (
+    augment_views,
+    entropy,
+    entropy_loss,
+    marginal_entropy,
+)
 from train import cli
-from trainers import overfit_entropy
-from trainers.overfit_entropy import augment_views, entropy, entropy_loss, marginal_entropy
 
 CFG = "CoOpDiff/vit_b16_ep50_ctxv1"
 FAST = ("TRAINER.PD.STAGE1_EPOCHS", "0", "TRAINER.PD.OVERFIT_LR", "0.01")

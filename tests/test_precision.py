@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
 from promptdiff.backbone import cast_for_precision, tiny_clip
-from trainers.coop import CoOpCLIP, CoOpPromptLearner
+from promptdiff.trainers.coop import CoOpCLIP, CoOpPromptLearner
 
 
 def _opts(ctx_init: str = "a photo of a") -> CN:
@@ -45,13 +45,7 @@ def test_fp16_clip_trains_fp32_master_context():
     assert all(p.grad is None for p in clip_model.parameters())
 
 
-CUDA_REASON = (
-    "needs a CUDA GPU: autocast to bf16/fp16 is a GPU feature (on CPU, PREC amp falls back to "
-    "fp32); runs wherever CUDA exists"
-)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.cuda  # autocast to bf16/fp16 is a GPU feature (on CPU, PREC amp falls back to fp32)
 @pytest.mark.parametrize("share_prefix", [True, False])
 def test_amp_forward_matches_fp32_on_cuda(share_prefix):
     device = torch.device("cuda")
@@ -79,12 +73,12 @@ def test_amp_forward_matches_fp32_on_cuda(share_prefix):
     assert (logits - ref).abs().max() < 1.0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_REASON)
+@pytest.mark.cuda  # autocast to bf16/fp16 is a GPU feature (on CPU, PREC amp falls back to fp32)
 def test_amp_stage2_step_keeps_fp32_masters_on_cuda(tiny_weights, shapes_root, tmp_path):
     from conftest import train_args
 
-    import datasets  # noqa: F401
-    import trainers  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.host import build_trainer
     from train import build_parser, setup_cfg
 
@@ -119,8 +113,8 @@ def test_grad_scaler_steps_equal_unscaled_steps(tiny_weights, shapes_root, tmp_p
 
     from conftest import train_args
 
-    import datasets  # noqa: F401
-    import trainers  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.host import build_trainer, set_random_seed
     from train import build_parser, setup_cfg
 

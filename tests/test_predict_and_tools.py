@@ -291,7 +291,7 @@ def test_results_table_latex(tmp_path, capsys):
     from test_results_tools import base2new_tree
 
     from promptdiff.results import tables
-    from tools import results_table
+    from promptdiff.tools import results_table
 
     base2new_tree(tmp_path)
     tex = tables.render(tables.build_tables(tmp_path, "base2new"), "latex", True)
@@ -357,7 +357,7 @@ def test_plot_few_shot_curves(tmp_path, capsys):
     from test_results_tools import cfg_dir, fill_seeds
 
     from promptdiff.results import plots
-    from tools import plot_few_shot
+    from promptdiff.tools import plot_few_shot
 
     for shots, values in ((1, [50.0, 54.0]), (4, [60.0, 60.0]), (16, [80.0, 82.0])):
         fill_seeds(cfg_dir(tmp_path, "few_shot", "dtd", "CoOp", shots=shots), values)

@@ -16,10 +16,14 @@ import promptdiff.backbone.encoders as encoders
 from promptdiff.backbone.encoders import encode_text, encode_text_shared_prefix
 from promptdiff.backbone.loader import tiny_clip
 from promptdiff.backbone.prompts import ClassPrompts
-from trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
-from trainers.coop import CoOpCLIP, CoOpPromptLearner
-from trainers.maple import MaPLePromptLearner, MultiModalPromptedCLIP
-from trainers.overfit_classes import hardest_classes, logits_for_classes, overfit_loss_classes
+from promptdiff.trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
+from promptdiff.trainers.coop import CoOpCLIP, CoOpPromptLearner
+from promptdiff.trainers.maple import MaPLePromptLearner, MultiModalPromptedCLIP
+from promptdiff.trainers.overfit_classes import (
+    hardest_classes,
+    logits_for_classes,
+    overfit_loss_classes,
+)
 
 # the shared path runs the same arithmetic in another order (SDPA vs nn.MultiheadAttention)
 TOL = {"rtol": 1e-4, "atol": 2e-5}
@@ -248,8 +252,8 @@ def test_topk_with_all_classes_equals_the_exact_overfit_loss(clip_model):
 def test_diff_stage2_step_is_the_same_with_prefix_sharing(
     name, config, prec_key, shapes_root, tiny_weights, tmp_path, shared_calls
 ):
-    import datasets  # noqa: F401
-    import trainers  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.host import build_trainer, set_random_seed
     from train import build_parser, setup_cfg
 

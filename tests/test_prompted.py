@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 import os
 
-from trainers.prompted import DiffusionHooks
+from promptdiff.trainers.prompted import DiffusionHooks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the mixin and the over-fitting class choice it calls: the code that handles a baseline's model

@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from conftest import read_results, train_args
 
-import datasets  # noqa: F401  (registers every dataset)
-import trainers  # noqa: F401  (registers every trainer)
+import promptdiff.datasets  # noqa: F401  (registers every dataset)
+import promptdiff.trainers  # noqa: F401  (registers every trainer)
 from promptdiff.backbone import save_tiny_clip
 from promptdiff.backbone.templates import IMAGENET_TEMPLATES
 from promptdiff.engine import set_random_seed
 from promptdiff.engine.checkpoint import load_checkpoint
+from promptdiff.trainers.ivlp import from_upstream
+from promptdiff.trainers.promptsrc import PromptSRC
 from train import build_parser, cli, setup_cfg
-from trainers.ivlp import from_upstream
-from trainers.promptsrc import PromptSRC
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("PROMPTDIFF_SHARED") or os.path.join(ROOT, "..", "shared")
@@ -225,7 +225,7 @@ def test_gpa_evaluates_the_gaussian_weighted_sum_of_the_epochs_prompts(
     assert torch.allclose(seen[-1], stack, atol=1e-7)
     assert read_results(evaluated)["accuracy"] == read_results(out)["accuracy"]
     # tools/interpret_prompt.py lists the aggregate's deep text prompts layer by layer
-    from tools.interpret_prompt import interpret
+    from promptdiff.tools.interpret_prompt import interpret
 
     rows = interpret(out, 1, [])
     assert [(r[1], r[2]) for r in rows] == [(str(i), t) for i in range(2) for t in range(1, 5)]

@@ -18,7 +18,7 @@ import pytest
 from promptdiff.results import layout, plots, record
 from promptdiff.results import summary as seeds_summary
 from promptdiff.results import tables as rt
-from tools import parse_test_res, results_table
+from promptdiff.tools import parse_test_res, results_table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -545,7 +545,7 @@ def test_record_schema_separates_metrics_from_run_fields() -> None:
 
 
 def test_trainer_order_pairs_each_method_with_its_diff_variant() -> None:
-    import trainers  # noqa: F401  (registers the trainers)
+    import promptdiff.trainers  # noqa: F401  (registers the trainers)
     from promptdiff.host import TRAINER_REGISTRY
 
     names = TRAINER_REGISTRY.registered_names()

@@ -370,8 +370,8 @@ def test_non_finite_loss_names_term_epoch_batch_and_keeps_checkpoint(
 
     import torch.nn.functional as F
 
-    import trainers.base
-    import trainers.prompt_diffusion as pd_mod
+    import promptdiff.trainers.base
+    import promptdiff.trainers.prompt_diffusion as pd_mod
     from promptdiff.diffusion import PromptDiffusion
 
     calls = {"n": 0}
@@ -383,7 +383,7 @@ def test_non_finite_loss_names_term_epoch_batch_and_keeps_checkpoint(
     if term == "ce":
         fake = types.SimpleNamespace(**{k: getattr(F, k) for k in dir(F) if not k.startswith("__")})
         fake.cross_entropy = lambda *a, **k: poisoned(F.cross_entropy(*a, **k))
-        monkeypatch.setattr(trainers.base, "F", fake)
+        monkeypatch.setattr(promptdiff.trainers.base, "F", fake)
     elif term == "diff":
         original = PromptDiffusion.training_loss
 

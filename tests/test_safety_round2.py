@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import read_results, train_args
 
-import datasets  # noqa: F401  (registers every dataset)
+import promptdiff.datasets  # noqa: F401  (registers every dataset)
 from promptdiff.engine import get_cfg_default, set_random_seed, setup_logger
 from promptdiff.engine.checkpoint import MANIFEST
 from promptdiff.engine.registry import build_dataset
@@ -28,7 +28,7 @@ from promptdiff.engine.utils import LOCK_NAME
 from promptdiff.results import tables
 from promptdiff.results.record import read_run
 from promptdiff.synthetic import class_names, make_shapes_caltech
-from tools import predict as predict_tool
+from promptdiff.tools import predict as predict_tool
 from train import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -126,7 +126,7 @@ def trained(setup) -> Path:
 
 
 def test_every_trainer_has_short_scripts_that_source_common():
-    import trainers  # noqa: F401  (registers the trainers)
+    import promptdiff.trainers  # noqa: F401  (registers the trainers)
     from promptdiff.host import TRAINER_REGISTRY
 
     registered = set(TRAINER_REGISTRY.registered_names())

@@ -84,7 +84,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(
 def test_coop_with_photo_init_equals_zero_shot_clip(shapes_root, tiny_weights, tmp_path):
     import clip
 
-    import trainers  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.host import build_trainer
 
     args = build_parser().parse_args(

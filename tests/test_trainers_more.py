@@ -99,8 +99,8 @@ def _args(data, out: str, name: str, *opts: str) -> list[str]:
 
 
 def _build(args: list[str]):
-    import datasets  # noqa: F401
-    import trainers  # noqa: F401
+    import promptdiff.datasets  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.host import build_trainer, set_random_seed
 
     cfg = setup_cfg(build_parser().parse_args(args))
@@ -474,10 +474,10 @@ def test_fp16_clip_trains_fp32_prompts(name):
     from yacs.config import CfgNode as CN
 
     from promptdiff.backbone import cast_for_precision, tiny_clip
-    from trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
-    from trainers.ivlp import IVLPPromptLearner
-    from trainers.maple import MaPLePromptLearner, MultiModalPromptedCLIP
-    from trainers.vpt import VisionPromptedCLIP, VPTPromptLearner
+    from promptdiff.trainers.cocoop import CoCoOpCLIP, CoCoOpPromptLearner
+    from promptdiff.trainers.ivlp import IVLPPromptLearner
+    from promptdiff.trainers.maple import MaPLePromptLearner, MultiModalPromptedCLIP
+    from promptdiff.trainers.vpt import VisionPromptedCLIP, VPTPromptLearner
 
     clip_model = tiny_clip()
     assert cast_for_precision(clip_model, "fp16", torch.device("cuda")) == "fp16"
@@ -488,7 +488,7 @@ def test_fp16_clip_trains_fp32_prompts(name):
         model = CoCoOpCLIP(CoCoOpPromptLearner(opts, classes, clip_model), clip_model)
     elif name == "VPT":
         opts = CN({"N_CTX_VISION": 4, "PROMPT_DEPTH_VISION": 2})
-        model = VisionPromptedCLIP(VPTPromptLearner(opts, clip_model), clip_model, classes, "a")
+        model = VisionPromptedCLIP(VPTPromptLearner(opts, clip_model), clip_model, classes, "a {}")
     elif name == "MaPLe":
         opts = CN({"N_CTX": 2, "CTX_INIT": "a photo of a", "PROMPT_DEPTH": 2})
         model = MultiModalPromptedCLIP(MaPLePromptLearner(opts, classes, clip_model), clip_model)

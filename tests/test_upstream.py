@@ -24,15 +24,15 @@ from conftest import read_results, train_args
 from synthetic_layouts import LAYOUTS
 from torch import nn
 
-import datasets  # noqa: F401  (registers every dataset)
+import promptdiff.datasets  # noqa: F401  (registers every dataset)
 from promptdiff.backbone import save_tiny_clip
 from promptdiff.backbone.loader import _clip
 from promptdiff.engine import get_cfg_default, set_random_seed
 from promptdiff.engine.checkpoint import load_checkpoint
 from promptdiff.engine.registry import build_dataset
 from promptdiff.synthetic import make_shapes_caltech
+from promptdiff.trainers.base import ClipPromptTrainer
 from train import build_parser, cli, setup_cfg
-from trainers.base import ClipPromptTrainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("PROMPTDIFF_SHARED") or os.path.join(ROOT, "..", "shared")

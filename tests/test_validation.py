@@ -11,8 +11,8 @@ import pytest
 from conftest import train_args
 from synthetic_layouts import LAYOUTS, make_imagenet, make_imagenet_sketch
 
-import datasets  # noqa: F401  (registers every dataset)
-from datasets.common import IMAGE_EXTENSIONS
+import promptdiff.datasets  # noqa: F401  (registers every dataset)
+from promptdiff.datasets.common import IMAGE_EXTENSIONS
 from promptdiff.diffusion import (
     FORMULATIONS,
     OPTIMIZERS,
@@ -26,7 +26,7 @@ from promptdiff.engine.data import ImageReadError, read_image
 from promptdiff.engine.registry import build_dataset
 from promptdiff.engine.trainer import UNIMPLEMENTED_KEYS, check_implemented
 from promptdiff.synthetic import make_shapes_caltech
-from tools import check_dataset
+from promptdiff.tools import check_dataset
 from train import cli
 
 CFG = "CoOp/vit_b16_ep50"
@@ -117,7 +117,7 @@ def test_bad_pd_key_fails_before_training(
 
 
 def _pd_check(*opts: str) -> None:
-    import trainers  # noqa: F401
+    import promptdiff.trainers  # noqa: F401
     from promptdiff.config_keys import extend_cfg
     from promptdiff.engine import TRAINER_REGISTRY
 
@@ -355,7 +355,7 @@ def test_unreadable_dataset_folder_real_chmod(data, tiny_weights, tmp_path, caps
 
 def test_read_only_dataset_root_warns_and_continues(data, tiny_weights, tmp_path, capsys,
                                                      monkeypatch):  # fmt: skip
-    import datasets.common as common
+    import promptdiff.datasets.common as common
 
     folder = os.path.join(data, "caltech-101")
 
@@ -476,7 +476,7 @@ def test_default_dassl_keys_pass_in_every_config():
     """Every shipped trainer config (merged as train.py does) keeps those keys at their defaults."""
     import glob
 
-    import trainers  # noqa: F401  (declares the trainers' keys)
+    import promptdiff.trainers  # noqa: F401  (declares the trainers' keys)
     from promptdiff.config_keys import extend_cfg
     from promptdiff.engine.config import merge_file
 

@@ -23,8 +23,8 @@ from promptdiff.backbone import tiny_clip
 from promptdiff.backbone.encoders import encode_image, encode_text, encode_text_tokens
 from promptdiff.backbone.prompts import ClassPrompts, tokenize
 from promptdiff.diffusion import overfit_per_sample
-from trainers.coop import CoOpCLIP, CoOpPromptLearner
-from trainers.overfit_classes import overfit_loss_classes
+from promptdiff.trainers.coop import CoOpCLIP, CoOpPromptLearner
+from promptdiff.trainers.overfit_classes import overfit_loss_classes
 
 # CLIP sizes for the rows (save_tiny_clip / tiny_clip keyword arguments). "vit_b16" is ViT-B/16's
 # shape; "quick" keeps its text/vision proportions (vision 1.5x the text width, 197 image tokens)

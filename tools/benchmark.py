@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import math
 import os
@@ -41,18 +42,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
+import torch
+from PIL import Image
+from tabulate import tabulate
+from torch.utils import benchmark
+
+from promptdiff.fileio import atomic_write
+from promptdiff.synthetic import make_shapes_caltech
+from promptdiff.tools.bench_fastpaths import ROW_SIZES, Bench, run_rows
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-from torch.utils import benchmark  # noqa: E402
-
-from promptdiff.fileio import atomic_write  # noqa: E402
-from promptdiff.synthetic import make_shapes_caltech  # noqa: E402
-from tools.bench_fastpaths import ROW_SIZES, Bench, run_rows  # noqa: E402
 
 # CLIP sizes (keyword arguments of promptdiff.backbone.save_tiny_clip); "tiny" = its defaults
 SIZES = {
@@ -79,6 +78,8 @@ TRAINER_CONFIGS = {
     "VPTDiff": "VPTDiff/vit_b16_c2_ep5_batch4_8ctx",
     "MaPLe": "MaPLe/vit_b16_c2_ep5_batch4_2ctx",
     "MaPLeDiff": "MaPLeDiff/vit_b16_c2_ep5_batch4_2ctx",
+    "IVLP": "IVLP/vit_b16_c2_ep5_batch4_2+2ctx",
+    "IVLPDiff": "IVLPDiff/vit_b16_c2_ep5_batch4_2+2ctx",
     "GenPT": "GenPT/vit_b16_ep50_ctxv1",
     "GenPTDiff": "GenPTDiff/vit_b16_ep50_ctxv1",
 }
@@ -145,22 +146,22 @@ class Options:
 
 # ---- what runs where -----------------------------------------------------------------------------
 def registry():
-    import datasets  # noqa: F401  (registers the datasets)
-    import trainers  # noqa: F401  (registers every trainer module that exists)
+    import promptdiff.datasets  # noqa: F401  (registers the datasets)
+    import promptdiff.trainers  # noqa: F401  (registers every trainer module that exists)
     from promptdiff.host import TRAINER_REGISTRY
 
     return TRAINER_REGISTRY
 
 
 def is_diff(name: str) -> bool:
-    from trainers.prompt_diffusion import PromptDiffusionMixin
+    from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
 
     return issubclass(registry().get(name), PromptDiffusionMixin)
 
 
 def baseline_of(name: str) -> str:
     """The baseline a *Diff trainer mixes into (the class after the mixin in its bases)."""
-    from trainers.prompt_diffusion import PromptDiffusionMixin
+    from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
 
     cls = registry().get(name)
     for base in cls.__mro__[1:]:
@@ -252,10 +253,27 @@ class Workspace:
         return make_shapes_caltech(folder, n_classes, n_per_class=4)
 
 
-def build(name: str, n_classes: int, ws: Workspace, opts: Options):
-    """A trainer built as train.py builds it (config files, CLI flags, KEY VALUE options)."""
+def train_cli():
+    """The repository's train.py, whose parser and config builder the trainers are built with:
+    the module already imported, or loaded from its file (a script at the repository's root, not
+    a package module), so that this tool runs from any folder."""
+    path = os.path.join(ROOT, "train.py")
+    loaded = sys.modules.get("train")
+    if loaded is not None and os.path.abspath(getattr(loaded, "__file__", "")) == path:
+        return loaded
+    spec = importlib.util.spec_from_file_location("train", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build(name: str, n_classes: int, ws: Workspace, opts: Options, extra: tuple[str, ...] = ()):
+    """A trainer built as train.py builds it (config files, CLI flags, KEY VALUE options); `extra`
+    KEY VALUE options come last, so they override the fp32-on-CPU defaults here."""
     from promptdiff.host import build_trainer, set_random_seed
-    from train import build_parser, setup_cfg
+
+    build_parser, setup_cfg = train_cli().build_parser, train_cli().setup_cfg
 
     cls = registry().get(name)
     argv = [
@@ -284,7 +302,9 @@ def build(name: str, n_classes: int, ws: Workspace, opts: Options):
     ]  # fmt: skip
     if ws.layers < 12:  # the upstream prompt depths (VPT 12, MaPLe 9) need a ViT-B-deep CLIP
         depth = str(ws.layers)
-        argv += ["TRAINER.VPT.PROMPT_DEPTH_VISION", depth, "TRAINER.MAPLE.PROMPT_DEPTH", depth]
+        argv += ["TRAINER.VPT.PROMPT_DEPTH_VISION", depth, "TRAINER.MAPLE.PROMPT_DEPTH", depth,
+                 "TRAINER.IVLP.PROMPT_DEPTH_TEXT", depth, "TRAINER.IVLP.PROMPT_DEPTH_VISION", depth]  # fmt: skip
+    argv += list(extra)
     cfg = setup_cfg(build_parser().parse_args(argv))
     set_random_seed(cfg.SEED)
     return build_trainer(cfg)

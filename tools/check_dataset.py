@@ -18,16 +18,14 @@ import json
 import os
 import sys
 
+import yaml
+
+import promptdiff.datasets  # noqa: F401  (registers every dataset)
+from promptdiff.datasets.common import Layout
+from promptdiff.host import DATASET_REGISTRY
+from promptdiff.imagefiles import is_image_file
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)  # run from a checkout without installing anything
-
-import yaml  # noqa: E402
-
-import datasets  # noqa: E402, F401  (registers every dataset)
-from datasets.common import Layout  # noqa: E402
-from promptdiff.host import DATASET_REGISTRY  # noqa: E402
-from promptdiff.imagefiles import is_image_file  # noqa: E402
 
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "datasets")
 

@@ -12,15 +12,10 @@ measured on the GPU; until then it is an assumption, and the output says so.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from tabulate import tabulate  # noqa: E402
+from tabulate import tabulate
 
 TEXT_PPT = 12 * 12 * 512**2  # text blocks' matrix parameters met by one token (37.7 M)
 IMAGE_PPT = 12 * 12 * 768**2  # vision blocks' (84.9 M)

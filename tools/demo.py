@@ -15,12 +15,10 @@ import os
 import sys
 import time
 
+from promptdiff import miniworld as mw
+from promptdiff.tools import miniworld as tmw
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import miniworld as tmw  # noqa: E402
-
-from promptdiff import miniworld as mw  # noqa: E402
 
 TRAINERS = ("ZeroshotCLIP", "CoOp", "CoOpDiff")
 # shorter than the protocol's configs (CoOp 50 epochs; CoOpDiff 50 + 10) so that the demo,

@@ -18,15 +18,11 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from tools.predict import image_paths, run_tool  # noqa: E402
+from promptdiff.tools.predict import image_paths, run_tool
 
 HEADER = ("prompt", "layer", "token", "rank", "word", "distance")
 
@@ -45,7 +41,7 @@ def nearest_words(
 
 def prompt_layers(model, prompts: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """(layer label, [n, D] context) for one prompt: [n, D], [L, n, D] or CSC's [C, n, D]."""
-    from trainers.maple import MultiModalPromptedCLIP
+    from promptdiff.trainers.maple import MultiModalPromptedCLIP
 
     if prompts.dim() == 2:
         return [("0", prompts)]
@@ -76,8 +72,8 @@ def interpret(run_dir: str, k: int, images: list[str], epoch: int | None = None)
     import promptdiff
     from promptdiff.engine.data import build_transform
     from promptdiff.predict import open_image
-    from trainers.prompt_diffusion import PromptDiffusionMixin
-    from trainers.vpt import VisionPromptedCLIP
+    from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+    from promptdiff.trainers.vpt import VisionPromptedCLIP
 
     predictor = promptdiff.load(run_dir, epoch=epoch)
     # the learned context does not depend on the class names; one placeholder class builds it

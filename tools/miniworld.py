@@ -32,9 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import trainers as _registers_trainers  # noqa: E402, F401
+import promptdiff.trainers as _registers_trainers  # noqa: E402, F401
 from promptdiff import miniworld as mw  # noqa: E402
 from promptdiff.host import TRAINER_REGISTRY  # noqa: E402
 from promptdiff.results.layout import (  # noqa: E402

@@ -15,14 +15,10 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from promptdiff.fileio import atomic_write  # noqa: E402
-from promptdiff.results.tables import comma_list, int_list  # noqa: E402
+from promptdiff.fileio import atomic_write
+from promptdiff.results.tables import comma_list, int_list
 
 
 def sweep(
@@ -33,8 +29,8 @@ def sweep(
     epoch: int | None = None,
 ) -> list[dict]:
     """One record per (sampler, steps): accuracy, macro_f1, correct, total on TEST.SPLIT."""
-    import datasets  # noqa: F401  (registers the datasets)
-    import trainers  # noqa: F401  (registers the trainers)
+    import promptdiff.datasets  # noqa: F401  (registers the datasets)
+    import promptdiff.trainers  # noqa: F401  (registers the trainers)
     from promptdiff.engine.config import merge_opts
     from promptdiff.host import TRAINER_REGISTRY, set_random_seed
     from promptdiff.predict import checkpoint_epoch, run_config

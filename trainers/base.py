@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptdiff.backbone import cast_for_precision, check_input_size, load_clip, resolve_weights
+from promptdiff.backbone.classifier import logits_from_features  # noqa: F401  (re-exported)
 from promptdiff.engine.runinfo import file_identity
 from promptdiff.host import TrainerX, build_lr_scheduler, build_optimizer, load_checkpoint, log
+from promptdiff.trainer_names import split_diff
 
 if TYPE_CHECKING:
-    from trainers.prompted import PromptedCLIP
+    from promptdiff.trainers.prompted import PromptedCLIP
 
 PRECISIONS = ("fp16", "fp32", "amp")
 
@@ -167,7 +169,7 @@ class ClipPromptTrainer(TrainerX):
 
     def accepts_checkpoint_of(self, trainer: str) -> bool:
         # a *Diff trainer's prompt_learner is its baseline's, so their files load both ways
-        return trainer.removesuffix("Diff") == self.cfg.TRAINER.NAME.removesuffix("Diff")
+        return split_diff(trainer)[0] == split_diff(self.cfg.TRAINER.NAME)[0]
 
     def weights_identity(self) -> dict:
         """The CLIP weights file this run loads (path, size, sha256), hashed once."""
@@ -180,15 +182,3 @@ class ClipPromptTrainer(TrainerX):
 def accuracy(output: torch.Tensor, label: torch.Tensor) -> float:
     """Top-1 accuracy in percent."""
     return (output.argmax(1) == label).float().mean().item() * 100.0
-
-
-def logits_from_features(
-    clip_model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor
-) -> torch.Tensor:
-    """CLIP logits: scaled cosine similarity; text_features [C, E] or per image [B, C, E]."""
-    image_features = F.normalize(image_features.float(), dim=-1)
-    text_features = F.normalize(text_features.float(), dim=-1)
-    scale = clip_model.logit_scale.exp().float()
-    if text_features.dim() == 2:
-        return scale * image_features @ text_features.t()
-    return scale * torch.einsum("be,bce->bc", image_features, text_features)

@@ -19,9 +19,9 @@ from promptdiff.backbone.encoders import embed_dim, text_width
 from promptdiff.backbone.prompts import ClassPrompts, context_init
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer
-from trainers.prompt_diffusion import PromptDiffusionMixin
-from trainers.prompted import PromptedCLIP, text_settings
+from promptdiff.trainers.base import ClipPromptTrainer
+from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+from promptdiff.trainers.prompted import PromptedCLIP, text_settings
 
 declare_keys("TRAINER.COCOOP", N_CTX=16, CTX_INIT="", PREC="fp16")
 

@@ -7,9 +7,9 @@ from torch import nn
 from promptdiff.backbone.prompts import ClassPrompts, context_init
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer
-from trainers.prompt_diffusion import PromptDiffusionMixin
-from trainers.prompted import PromptedCLIP, text_settings
+from promptdiff.trainers.base import ClipPromptTrainer
+from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+from promptdiff.trainers.prompted import PromptedCLIP, text_settings
 
 declare_keys(
     "TRAINER.COOP", N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end"

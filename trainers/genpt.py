@@ -49,19 +49,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptdiff.backbone.encoders import embed_dim, encode_text_tokens
-from promptdiff.backbone.prompts import tokenize
+from promptdiff.backbone.classifier import dataset_template, logits_from_features, template_features
+from promptdiff.backbone.encoders import embed_dim
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer, accuracy, logits_from_features
-from trainers.coop import CoOpCLIP, CoOpPromptLearner
-from trainers.prompt_diffusion import PromptDiffusionMixin
-from trainers.prompted import text_settings
-from trainers.zsclip import CUSTOM_TEMPLATES, DEFAULT_TEMPLATE
+from promptdiff.trainers.base import ClipPromptTrainer, accuracy
+from promptdiff.trainers.coop import CoOpCLIP, CoOpPromptLearner
+from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+from promptdiff.trainers.prompted import text_settings
 
 # CoOp's context plus the two terms
 declare_keys(
     "TRAINER.GENPT",
+    test_time=("ENSEMBLE",),
     N_CTX=16,
     CTX_INIT="",
     PREC="fp16",
@@ -118,15 +118,10 @@ def handcrafted_features(
 ) -> torch.Tensor:
     """Frozen class features [C, E]: per template L2-normalised (PromptSRC's: not), averaged,
     normalised again."""
-    names = [name.replace("_", " ") for name in classnames]
-    device = clip_model.token_embedding.weight.device
-    views = []
-    with torch.no_grad():
-        for template in templates:
-            tokens = tokenize([template.format(name) for name in names]).to(device)
-            view = encode_text_tokens(clip_model, tokens).float()
-            views.append(F.normalize(view, dim=-1) if normalize_each else view)
-    return F.normalize(torch.stack(views).mean(0), dim=-1)
+    views = template_features(clip_model, classnames, templates).float()
+    if normalize_each:
+        views = F.normalize(views, dim=-1)
+    return F.normalize(views.mean(0), dim=-1)
 
 
 def info_nce(soft: torch.Tensor, hand: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -200,8 +195,16 @@ class GenPTPromptLearner(CoOpPromptLearner):
 class GenPTCLIP(CoOpCLIP):
     """CoOp's prompted CLIP plus the hand-crafted view's class features and the inference ensemble."""
 
-    def __init__(self, learner, clip_model, hand_features, ensemble: float, chunk_size: int = 0):
-        super().__init__(learner, clip_model, chunk_size)
+    def __init__(
+        self,
+        learner,
+        clip_model,
+        hand_features,
+        ensemble: float,
+        chunk_size: int = 0,
+        share_prefix: bool = True,
+    ):
+        super().__init__(learner, clip_model, chunk_size, share_prefix)
         # derived from the classes and the frozen CLIP: never part of a checkpoint
         self.register_buffer("hand_features", hand_features, persistent=False)
         self.ensemble_weight = ensemble
@@ -237,13 +240,11 @@ class GenPT(ClipPromptTrainer):
 
     def build_prompt_model(self, cfg, classnames, clip_model):
         opts = cfg.TRAINER.GENPT
-        templates = list(opts.TEMPLATES) or [
-            CUSTOM_TEMPLATES.get(cfg.DATASET.NAME, DEFAULT_TEMPLATE)
-        ]
+        templates = list(opts.TEMPLATES) or [dataset_template(cfg.DATASET.NAME)]
         log(f"Hand-crafted view: {templates}")
         hand = handcrafted_features(clip_model, classnames, templates)
         learner = GenPTPromptLearner(opts, classnames, clip_model)
-        return GenPTCLIP(learner, clip_model, hand, opts.ENSEMBLE, text_settings(cfg)[0])
+        return GenPTCLIP(learner, clip_model, hand, opts.ENSEMBLE, *text_settings(cfg))
 
     def filter_loaded_state_dict(self, name: str, state_dict: dict) -> dict:
         # the prototype memory is training state (resuming restores it); a loaded model starts

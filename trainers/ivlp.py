@@ -26,15 +26,15 @@ from promptdiff.backbone.encoders import text_layers, text_width, vision_layers,
 from promptdiff.backbone.prompts import ClassPrompts
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, load_checkpoint, log
-from trainers.maple import (
+from promptdiff.trainers.maple import (
     DeepTextPrompts,
     MaPLe,
     MultiModalPromptedCLIP,
     deeper_text_prompts,
     maple_context,
 )
-from trainers.prompt_diffusion import PromptDiffusionMixin
-from trainers.prompted import text_settings
+from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+from promptdiff.trainers.prompted import text_settings
 
 declare_keys(
     "TRAINER.IVLP",

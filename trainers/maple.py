@@ -32,9 +32,9 @@ from promptdiff.backbone.encoders import (
 from promptdiff.backbone.prompts import ClassPrompts, context_init
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer
-from trainers.prompt_diffusion import PromptDiffusionMixin
-from trainers.prompted import PromptedCLIP, text_settings
+from promptdiff.trainers.base import ClipPromptTrainer
+from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+from promptdiff.trainers.prompted import PromptedCLIP, text_settings
 
 declare_keys("TRAINER.MAPLE", N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9)
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainers.overfit_classes import encodes_classes, logits_for_classes
+from promptdiff.trainers.overfit_classes import encodes_classes, logits_for_classes
 
 # area fraction and aspect-ratio range of a crop (torchvision's RandomResizedCrop ratio; a
 # smaller area floor than its 0.08, since a crop must still show the object of a small image)

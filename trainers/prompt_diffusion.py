@@ -42,10 +42,10 @@ from promptdiff.engine import count_num_param, distributed
 from promptdiff.engine.data import DatasetWrapper
 from promptdiff.engine.utils import write_json
 from promptdiff.host import log
-from trainers.base import accuracy
-from trainers.overfit_classes import overfit_loss_classes
-from trainers.overfit_entropy import entropy_loss
-from trainers.prompted import DiffusionHooks
+from promptdiff.trainers.base import accuracy
+from promptdiff.trainers.overfit_classes import overfit_loss_classes
+from promptdiff.trainers.overfit_entropy import entropy_loss
+from promptdiff.trainers.prompted import DiffusionHooks
 
 INFERENCE_MODES = ("sample", "base", "mean", "tune")
 OVERFIT_TARGETS = ("label", "entropy")
@@ -56,6 +56,17 @@ CONTEXT_POOLS = ("batch", "split", "train")
 
 declare_keys(
     "TRAINER.PD",
+    # how a trained model is evaluated, or a measurement after training: run identity leaves
+    # these out, so --eval-only may change them
+    test_time=(
+        "STEPS",
+        "SAMPLER",
+        "NUM_SAMPLES",
+        "NOISE_SEED",
+        "INFERENCE",
+        "SET_CONTEXT_POOL",
+        "HELDOUT_FIT",
+    ),
     # schedule: -1 = the first 80 % of OPTIM.MAX_EPOCH train the baseline, the rest is stage 2
     STAGE1_EPOCHS=-1,
     # per-sample overfitting

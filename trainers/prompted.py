@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from promptdiff.backbone.classifier import logits_from_features
 from promptdiff.backbone.encoders import encode_image
 from promptdiff.config_keys import declare_keys
 from promptdiff.engine.config import rename_key
-from trainers.base import logits_from_features
 
 
 class DiffusionHooks(Protocol):
@@ -40,6 +40,7 @@ class DiffusionHooks(Protocol):
 # how per-image class prompts go through the text encoder (exact either way)
 declare_keys(
     "MODEL.TEXT",
+    test_time=("CHUNK",),  # chunking only bounds memory: the same model either way
     # sequences per text-encoder call (0 = all at once); with gradients each chunk is checkpointed
     CHUNK=0,
     # encode the class-independent [SOS] + context prefix once per prompt, not once per class

@@ -31,12 +31,12 @@ from promptdiff.backbone.templates import IMAGENET_TEMPLATES
 from promptdiff.config_keys import declare_keys
 from promptdiff.diffusion import target_to_prompt
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import accuracy, logits_from_features
-from trainers.genpt import handcrafted_features
-from trainers.ivlp import IVLP, IVLPPromptLearner
-from trainers.maple import MultiModalPromptedCLIP
-from trainers.prompt_diffusion import PromptDiffusionMixin
-from trainers.prompted import text_settings
+from promptdiff.trainers.base import accuracy, logits_from_features
+from promptdiff.trainers.genpt import handcrafted_features
+from promptdiff.trainers.ivlp import IVLP, IVLPPromptLearner
+from promptdiff.trainers.maple import MultiModalPromptedCLIP
+from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+from promptdiff.trainers.prompted import text_settings
 
 declare_keys(
     "TRAINER.PROMPTSRC",

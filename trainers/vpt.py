@@ -17,25 +17,18 @@ import torch
 from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
 
-from promptdiff.backbone.encoders import (
-    encode_image,
-    encode_text_tokens,
-    vision_layers,
-    vision_width,
-)
+from promptdiff.backbone.classifier import prefix_template, template_features
+from promptdiff.backbone.encoders import encode_image, vision_layers, vision_width
 from promptdiff.backbone.loader import _clip
-from promptdiff.backbone.prompts import tokenize
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
-from trainers.base import ClipPromptTrainer
-from trainers.prompt_diffusion import PromptDiffusionMixin
-from trainers.prompted import PromptedCLIP
+from promptdiff.trainers.base import ClipPromptTrainer
+from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
+from promptdiff.trainers.prompted import PromptedCLIP
 
 declare_keys(
     "TRAINER.VPT", N_CTX_VISION=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=1
 )
-
-DEFAULT_TEMPLATE = "a photo of a"
 
 
 @contextlib.contextmanager
@@ -98,6 +91,7 @@ class VPTPromptLearner(nn.Module):
 class VisionPromptedCLIP(PromptedCLIP):
     """Frozen CLIP with deep vision prompts (the learner's `ctx`) and fixed class text features.
 
+    template: the text prompt of every class, `{}` = its name (promptdiff.backbone.classifier).
     diffuse_layers (VPTDiff): the prompt diffusion generates the first k layers per image; the
     remaining layers stay the learned shared prompts (0 = all layers).
     """
@@ -113,11 +107,8 @@ class VisionPromptedCLIP(PromptedCLIP):
         super().__init__(prompt_learner, clip_model)
         depth = prompt_learner.ctx.shape[0]
         self.diffuse_layers = diffuse_layers or depth
-        texts = [f"{template} {name.replace('_', ' ')}." for name in classnames]
-        log(f'Text prompt: "{template} <class>."')
-        device = clip_model.token_embedding.weight.device
-        with torch.no_grad():
-            text = encode_text_tokens(clip_model, tokenize(texts).to(device))
+        log(f'Text prompt: "{template.format("<class>")}"')
+        text = template_features(clip_model, classnames, [template])[0]
         # derived from the classes and the frozen CLIP: never part of a checkpoint
         self.register_buffer("class_text_features", text, persistent=False)
 
@@ -159,8 +150,7 @@ class VPT(ClipPromptTrainer):
     def build_prompt_model(self, cfg, classnames, clip_model):
         opts = cfg.TRAINER.VPT
         learner = VPTPromptLearner(opts, clip_model, self.initial_prompts)
-        template = opts.CTX_INIT.replace("_", " ").strip() or DEFAULT_TEMPLATE
-        return VisionPromptedCLIP(learner, clip_model, classnames, template)
+        return VisionPromptedCLIP(learner, clip_model, classnames, prefix_template(opts.CTX_INIT))
 
 
 @TRAINER_REGISTRY.register()

@@ -13,10 +13,12 @@ import os
 import subprocess
 from typing import Any
 
+from promptdiff.config_keys import test_time_keys
 from promptdiff.engine.config import RENAMED_KEYS
 
-# Keys that never change what is trained: where things are, how fast, how much is printed, and
-# how the trained model is evaluated (test-time sampling included).
+# The engine's keys that never change what is trained: where things are, how fast, how much is
+# printed, and how the trained model is evaluated. Declared keys say so themselves
+# (`declare_keys(..., test_time=...)`, read by test_time_keys()).
 NOT_RUN_DEFINING = (
     "OUTPUT_DIR",
     "RESUME",
@@ -30,18 +32,14 @@ NOT_RUN_DEFINING = (
     "TRAIN.CHECKPOINT_FREQ",
     # a location; the weights' content is compared by checksum (see clip_weights)
     "MODEL.BACKBONE.PATH",
-    "TRAINER.PD.STEPS",
-    "TRAINER.PD.SAMPLER",
-    "TRAINER.PD.NUM_SAMPLES",
-    "TRAINER.PD.NOISE_SEED",
-    "TRAINER.PD.INFERENCE",
-    "TRAINER.PD.SET_CONTEXT_POOL",
-    # a measurement logged after training; the trained model is the same either way
-    "TRAINER.PD.HELDOUT_FIT",
-    # GenPT: the weight of the hand-crafted view's logits at inference
-    "TRAINER.GENPT.ENSEMBLE",
-    "MODEL.TEXT.CHUNK",
 )
+
+
+def not_run_defining() -> tuple[str, ...]:
+    """Key names and prefixes ("TEST.") that run identity leaves out."""
+    return (*NOT_RUN_DEFINING, *test_time_keys())
+
+
 # Keys an evaluation of a trained model may change: the data it is evaluated on (base2new_test
 # evaluates a base-trained model on the new classes, xd_test on another dataset) and precision.
 # DATASET.NUM_SHOTS stays: results.json reports it as the model's.
@@ -67,7 +65,8 @@ def _flatten(node, prefix: str = "") -> dict[str, Any]:
 def run_config(cfg) -> dict[str, Any]:
     """The run-defining keys of `cfg` with JSON values (tuples become lists)."""
     flat = _flatten(cfg)
-    keep = {k: v for k, v in flat.items() if not _matches(k, NOT_RUN_DEFINING)}
+    skip = not_run_defining()
+    keep = {k: v for k, v in flat.items() if not _matches(k, skip)}
     return json.loads(json.dumps(keep, sort_keys=True, default=str))
 
 
@@ -151,7 +150,7 @@ def package_versions() -> dict[str, str | None]:
             except importlib.metadata.PackageNotFoundError:
                 continue
     if versions["promptdiff"] is None:
-        import promptdiff
+        from promptdiff._version import __version__
 
-        versions["promptdiff"] = promptdiff.__version__
+        versions["promptdiff"] = __version__
     return versions

@@ -21,6 +21,7 @@ from tabulate import tabulate
 
 from promptdiff.results.layout import SEED_DIR_RE, SHOTS_DIR_RE, subdirs
 from promptdiff.results.record import ResultsError, RunResult, read_run, warn
+from promptdiff.trainer_names import split_diff
 
 # Paper order, so tables read like the CoOp/CoCoOp/MaPLe papers without a --datasets flag; the
 # scripts' run_*_all loops take their datasets from here too (python -m promptdiff.results).
@@ -42,7 +43,6 @@ DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 # The methods in the papers' order. Each *Diff variant sits right after its baseline, and a
 # trainer not listed here (a new one) follows them alphabetically, so it needs no entry.
 METHOD_ORDER = ("ZeroshotCLIP", "CoOp", "CoCoOp", "VPT", "MaPLe", "IVLP", "PromptSRC", "GenPT")
-DIFF_SUFFIX = "Diff"
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,7 @@ def trainer_rank(name: str) -> tuple[int, str, bool]:
     """Sort key of a trainer name: its method's place in METHOD_ORDER, then its name, the
     baseline before its Diff variant."""
     rank = {method: i for i, method in enumerate(METHOD_ORDER)}
-    diff = name.endswith(DIFF_SUFFIX) and len(name) > len(DIFF_SUFFIX)
-    method = name[: -len(DIFF_SUFFIX)] if diff else name
+    method, diff = split_diff(name)
     return rank.get(method, len(rank)), method.lower(), diff
 
 
