@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import promptdiff.trainers as _registers_trainers  # noqa: E402, F401
 from promptdiff import miniworld as mw  # noqa: E402
+from promptdiff.fileio import atomic_write  # noqa: E402
 from promptdiff.host import TRAINER_REGISTRY  # noqa: E402
 from promptdiff.results.layout import (  # noqa: E402
     RESULTS_FILE,
@@ -45,11 +46,12 @@ from promptdiff.results.layout import (  # noqa: E402
 )
 from promptdiff.results.record import ResultsError, read_record  # noqa: E402
 from promptdiff.results.tables import Selection, build_tables, order_trainers, render  # noqa: E402
+from promptdiff.trainer_names import split_diff  # noqa: E402
 
 SHOTS = 16
 # every trainer, in the tables' order (ZeroshotCLIP, then each method beside its Diff variant)
 TRAINERS = tuple(order_trainers(TRAINER_REGISTRY.registered_names()))
-DIFF_TRAINERS = tuple(t for t in TRAINERS if t.endswith("Diff"))
+DIFF_TRAINERS = tuple(t for t in TRAINERS if split_diff(t)[1])
 WORLD_KINDS = tuple(mw.WORLDS)
 
 
@@ -135,9 +137,8 @@ def build(root: str, spec: mw.WorldSpec, recipe: mw.ClipRecipe, progress: bool =
     cached = mw.cached_clip(spec, recipe, progress=progress)
     target = os.path.join(root, clip_file(spec.kind))
     if not os.path.isfile(target) or not filecmp.cmp(cached, target, shallow=False):
-        tmp = target + ".tmp"
-        shutil.copyfile(cached, tmp)
-        os.replace(tmp, target)
+        with open(cached, "rb") as src:
+            atomic_write(target, lambda f: shutil.copyfileobj(src, f), mode="wb")
     print(f"world: {folder} ({len(mw.classes(spec))} classes, domains {', '.join(spec.domains)})")
     print(f"CLIP:  {target} (cached as {cached})")
     return target
