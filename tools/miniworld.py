@@ -364,7 +364,13 @@ ABLATIONS = {
 
 
 def ablate(
-    root: str, output: str, trainers, seeds, kind: str = "default", names=tuple(ABLATIONS)
+    root: str,
+    output: str,
+    trainers,
+    seeds,
+    kind: str = "default",
+    names=tuple(ABLATIONS),
+    opts=(),
 ) -> None:
     """Re-evaluate every trained *Diff base2new model (base and new) under each ablation, into
     OUTPUT/ablations/<name>/base2new/..., without retraining (STEPS 5 sample is the main run)."""
@@ -390,7 +396,7 @@ def ablate(
                             *source_flags(root, seed, trainer, f"{trainer}/{cfg}", kind),
                             "--output-dir", out, "--eval-only", "--model-dir", train_dir,
                             "--load-epoch", str(epoch), *opts, "DATASET.NUM_SHOTS", str(SHOTS),
-                            "DATASET.SUBSAMPLE_CLASSES", sub, *extra,
+                            "DATASET.SUBSAMPLE_CLASSES", sub, *opts, *extra,
                         ])  # fmt: skip
 
 
@@ -668,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if name == "run":
             p.add_argument("--protocols", default="base2new,dg")
+        if name in ("run", "ablate"):
             p.add_argument(
                 "--opts", default="", help="'KEY VALUE ...' added to every run (an ablation)"
             )
@@ -732,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(
                 f"error: unknown ablation(s) {unknown}; use some of {','.join(ABLATIONS)}."
             )
-        ablate(args.root, args.output, diff, seeds, args.world, names)
+        ablate(args.root, args.output, diff, seeds, args.world, names, args.opts.split())
         print(ablation_table(args.output, diff, seeds, args.world))
         return 0
     domains = read_spec(args.root, args.world).domains
