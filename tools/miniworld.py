@@ -370,7 +370,7 @@ def ablate(
     seeds,
     kind: str = "default",
     names=tuple(ABLATIONS),
-    opts=(),
+    run_opts=(),
 ) -> None:
     """Re-evaluate every trained *Diff base2new model (base and new) under each ablation, into
     OUTPUT/ablations/<name>/base2new/..., without retraining (STEPS 5 sample is the main run)."""
@@ -396,7 +396,7 @@ def ablate(
                             *source_flags(root, seed, trainer, f"{trainer}/{cfg}", kind),
                             "--output-dir", out, "--eval-only", "--model-dir", train_dir,
                             "--load-epoch", str(epoch), *opts, "DATASET.NUM_SHOTS", str(SHOTS),
-                            "DATASET.SUBSAMPLE_CLASSES", sub, *opts, *extra,
+                            "DATASET.SUBSAMPLE_CLASSES", sub, *run_opts, *extra,
                         ])  # fmt: skip
 
 
