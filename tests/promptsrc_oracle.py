@@ -35,12 +35,12 @@ from clip import clip  # noqa: E402
 
 clip._download = lambda url, root=None: job["weights"]
 
+import trainers.independentVL as upstream_ivlp  # noqa: E402  (upstream's package, not ours)
 from dassl.config import get_cfg_default  # noqa: E402
 from dassl.engine.trainer import TrainerBase  # noqa: E402
 
-import promptdiff.trainers.independentVL as upstream_ivlp  # noqa: E402
-import promptdiff.trainers.promptsrc as upstream_promptsrc  # noqa: E402
 import train as upstream_train  # noqa: E402
+import trainers.promptsrc as upstream_promptsrc  # noqa: E402
 
 recorded: list[tuple[str, float]] = []
 

@@ -190,8 +190,12 @@ def test_old_top_level_names_are_imported_nowhere():
     """trainers, datasets and tools are imported by their package names only (importing both would
     register every trainer twice; a top-level datasets would shadow Hugging Face's)."""
     old = {"trainers", "datasets", "tools"}
+    # the PromptSRC oracle imports *upstream's* trainers package, in its own process
+    oracle = REPO / "tests" / "promptsrc_oracle.py"
     found = []
     for path in _python_files():
+        if path == oracle:
+            continue
         for name in imported_names(path, "x"):
             if name.split(".")[0] in old:
                 found.append(f"{path.relative_to(REPO)}: {name}")

@@ -185,6 +185,8 @@ def test_checkpoints_hold_only_prompt_and_denoiser_tensors(name, data, runs, tmp
     trainer, out = _trained(runs, data, tmp_path_factory, name)
     models = ["prompt_learner", "denoiser"] if name.endswith("Diff") else ["prompt_learner"]
     listed = [*models, "checkpoints.json", "log.txt", "results.json", "tensorboard"]
+    if name.endswith("Diff"):
+        listed.append("heldout_fit.json")  # TRAINER.PD.HELDOUT_FIT's record
     assert sorted(os.listdir(out)) == sorted(listed)
     for model in models:  # the per-epoch insurance of epoch 1 was deleted once epoch 2 was saved
         assert sorted(os.listdir(os.path.join(out, model))) == [
@@ -430,7 +432,8 @@ def test_diff_stage2_runs_and_inference_samples_prompts(name, data, runs, tmp_pa
         trainer.test()
     finally:
         del trainer.diffusion.sample
-    assert calls == [5] * len(trainer.test_loader)  # one 5-step draw per test batch
+    # one draw per test batch, with the shipped STEPS 1
+    assert calls == [trainer.cfg.TRAINER.PD.STEPS] * len(trainer.test_loader) == [1] * len(calls)
 
     image, _ = _one_batch(trainer)
     with torch.no_grad():
