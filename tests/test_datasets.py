@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -472,12 +473,8 @@ def test_checker_ready_on_every_layout(tmp_path, capsys):
     root = str(tmp_path / "data")
     for maker in LAYOUTS.values():
         maker(root)
-    miniworld.write_world(root, miniworld.WorldSpec(n_train=1, n_val=1, n_test=1), progress=False)
-    for kind in miniworld.WORLDS:  # both worlds' datasets are registered
-        spec = miniworld.WORLDS[kind]
-        tiny = miniworld.WorldSpec(
-            n_train=1, n_val=1, n_test=1, camera_hue=spec.camera_hue, cameras=spec.cameras
-        )
+    for spec in miniworld.WORLDS.values():  # both worlds' datasets are registered
+        tiny = dataclasses.replace(spec, n_train=1, n_val=1, n_test=1)
         miniworld.write_world(root, tiny, progress=False)
     rc, out = run_checker(capsys, root, "all")
     assert rc == 0
