@@ -155,10 +155,11 @@ def train_py(args: list[str], quiet: bool = True) -> subprocess.CompletedProcess
 
 
 def source_flags(
-    root: str, seed: int, trainer: str, config: str, kind: str = "default"
+    root: str, seed: int, trainer: str, config: str, kind: str = "default", dataset: str = ""
 ) -> list[str]:
-    """train.py's flags for `trainer` with configs/trainers/<config>.yaml on the source domain."""
-    dataset = source_dataset(kind)
+    """train.py's flags for `trainer` with configs/trainers/<config>.yaml on `dataset` (default:
+    the source domain)."""
+    dataset = dataset or source_dataset(kind)
     return [
         "--root", root, "--seed", str(seed), "--trainer", trainer,
         "--dataset-config-file", os.path.join(ROOT, f"configs/datasets/{dataset}.yaml"),
@@ -371,33 +372,43 @@ def ablate(
     kind: str = "default",
     names=tuple(ABLATIONS),
     run_opts=(),
+    protocols=("base2new",),
 ) -> None:
-    """Re-evaluate every trained *Diff base2new model (base and new) under each ablation, into
-    OUTPUT/ablations/<name>/base2new/..., without retraining (STEPS 5 sample is the main run)."""
+    """Re-evaluate every trained *Diff model under each ablation, without retraining: base2new
+    models on base and new into OUTPUT/ablations/<name>/base2new/..., DG models on each shifted
+    domain into OUTPUT/ablations/<name>/xd/test/...; the same folders as the main runs'."""
     opts = world_opts(root, kind)
-    tree = os.path.join(output, "base2new")
     source = source_dataset(kind)
-    for trainer in trainers:
-        for seed in seeds:
-            runs = _train_dirs(tree, trainer, seed, source)
-            for train_dir, cfg in runs:
-                epoch = _last_epoch(train_dir)
-                for name in names:
-                    extra = ABLATIONS[name]
-                    for sub, part in (("base", "train_base"), ("new", "test_new")):
-                        out = run_dir(
-                            os.path.join(output, "ablations", name), f"base2new/{part}",
-                            source, SHOTS, trainer, cfg, seed,
-                        )  # fmt: skip
-                        if os.path.isfile(os.path.join(out, RESULTS_FILE)):
-                            continue
-                        print(f"[miniworld] {trainer} seed {seed} {name} {sub}", flush=True)
-                        train_py([
-                            *source_flags(root, seed, trainer, f"{trainer}/{cfg}", kind),
-                            "--output-dir", out, "--eval-only", "--model-dir", train_dir,
-                            "--load-epoch", str(epoch), *opts, "DATASET.NUM_SHOTS", str(SHOTS),
-                            "DATASET.SUBSAMPLE_CLASSES", sub, *run_opts, *extra,
-                        ])  # fmt: skip
+    configs = domain_configs(kind)
+    targets = [configs[d] for d in read_spec(root, kind).domains if configs[d] != source]
+    # (protocol's train tree, [(test tree, dataset, SUBSAMPLE_CLASSES)]) of each protocol
+    plans = {
+        "base2new": ("base2new/train_base",
+                     [("base2new/train_base", source, "base"), ("base2new/test_new", source, "new")]),
+        "dg": ("xd/train", [("xd/test", dataset, "all") for dataset in targets]),
+    }  # fmt: skip
+    for protocol in protocols:
+        train_tree, tests = plans[protocol]
+        for trainer in trainers:
+            for seed in seeds:
+                for train_dir, cfg in _train_dirs(output, train_tree, trainer, seed, source):
+                    epoch = _last_epoch(train_dir)
+                    for name in names:
+                        for tree, dataset, sub in tests:
+                            out = run_dir(os.path.join(output, "ablations", name), tree,
+                                          dataset, SHOTS, trainer, cfg, seed)  # fmt: skip
+                            if os.path.isfile(os.path.join(out, RESULTS_FILE)):
+                                continue
+                            print(f"[miniworld] {trainer} seed {seed} {name} {dataset} {sub}",
+                                  flush=True)  # fmt: skip
+                            train_py([
+                                *source_flags(root, seed, trainer, f"{trainer}/{cfg}", kind,
+                                              dataset),
+                                "--output-dir", out, "--eval-only", "--model-dir", train_dir,
+                                "--load-epoch", str(epoch), *opts, "DATASET.NUM_SHOTS",
+                                str(SHOTS), "DATASET.SUBSAMPLE_CLASSES", sub, *run_opts,
+                                *ABLATIONS[name],
+                            ])  # fmt: skip
 
 
 def ablation_table(output: str, trainers, seeds, kind: str = "default") -> str:
@@ -632,8 +643,12 @@ def tune(
     return rows
 
 
-def _train_dirs(tree: str, trainer: str, seed: int, source: str) -> list[tuple[str, str]]:
-    base = os.path.join(tree, "train_base", source, f"shots_{SHOTS}", trainer)
+def _train_dirs(
+    output: str, tree: str, trainer: str, seed: int, source: str
+) -> list[tuple[str, str]]:
+    """(run folder, config name) of each finished training run of `trainer` and `seed` under
+    OUTPUT/<tree> (base2new/train_base or xd/train)."""
+    base = os.path.join(output, tree, source, f"shots_{SHOTS}", trainer)
     if not os.path.isdir(base):
         return []
     return [
@@ -674,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if name == "run":
             p.add_argument("--protocols", default="base2new,dg")
+        if name == "ablate":
+            p.add_argument("--protocols", default="base2new", help="base2new, dg or both")
         if name in ("run", "ablate"):
             p.add_argument(
                 "--opts", default="", help="'KEY VALUE ...' added to every run (an ablation)"
@@ -739,8 +756,27 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(
                 f"error: unknown ablation(s) {unknown}; use some of {','.join(ABLATIONS)}."
             )
-        ablate(args.root, args.output, diff, seeds, args.world, names, args.opts.split())
-        print(ablation_table(args.output, diff, seeds, args.world))
+        protocols = [p for p in args.protocols.split(",") if p]
+        if any(p not in ("base2new", "dg") for p in protocols):
+            raise SystemExit(f"error: --protocols {args.protocols!r}: use base2new, dg or both.")
+        ablate(args.root, args.output, diff, seeds, args.world, names, args.opts.split(),
+               protocols)  # fmt: skip
+        if "base2new" in protocols:
+            print(ablation_table(args.output, diff, seeds, args.world))
+        if "dg" in protocols:
+            domains = read_spec(args.root, args.world).domains
+            for name in names:
+                print(
+                    f"\n{name}\n"
+                    + tables(
+                        os.path.join(args.output, "ablations", name),
+                        diff,
+                        seeds,
+                        domains,
+                        ("dg",),
+                        kind=args.world,
+                    )
+                )
         return 0
     domains = read_spec(args.root, args.world).domains
     print(tables(args.output, trainers, seeds, domains, protocols, kind=args.world))
