@@ -629,6 +629,9 @@ def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, ca
             {"params": rest, "weight_decay": 0.0},
         ],
         lr=recipe.lr,
+        # the multi-tensor update: bit-equal to the per-tensor loop (the cached CLIP's bytes are
+        # unchanged, tested), and faster on CPU, where torch defaults to the loop
+        foreach=True,
     )
 
     def lr_at(step: int) -> float:
@@ -651,7 +654,9 @@ def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, ca
     # towards shape words, until one side sees shape; measured, the pair then stays colour-only
     # for 1,000 steps. A short warm-up of the text tower alone on a uniformity loss (features of
     # distinct captions pushed apart, no labels) gives distinct shape words distinct features.
-    warm = torch.optim.Adam([p for n, p in params if not n.startswith("visual.")], lr=recipe.lr)
+    warm = torch.optim.Adam(
+        [p for n, p in params if not n.startswith("visual.")], lr=recipe.lr, foreach=True
+    )
     for _ in range(recipe.text_warmup):
         sample = rng.choice(len(scenes), size=64, replace=False)
         texts = sorted({caption(scenes[i], rng, str(rng.choice(CAPTION_MODES))) for i in sample})
@@ -705,11 +710,16 @@ def pretrain_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True, ca
 CACHE_DIR = os.path.expanduser("~/.cache/promptdiff")
 
 
+def clip_cache_path(spec: WorldSpec, recipe: ClipRecipe) -> str:
+    """Where the world's CLIP weights are cached (pre-trained or not yet)."""
+    return os.path.join(CACHE_DIR, f"miniworld_clip-{recipe.digest(spec)}.pt")
+
+
 def cached_clip(spec: WorldSpec, recipe: ClipRecipe, progress: bool = True) -> str:
     """Path of the world's CLIP weights under ~/.cache/promptdiff, pre-training them once."""
     from promptdiff.engine.utils import torch_save_atomic
 
-    path = os.path.join(CACHE_DIR, f"miniworld_clip-{recipe.digest(spec)}.pt")
+    path = clip_cache_path(spec, recipe)
     if not os.path.isfile(path):
         model = pretrain_clip(spec, recipe, progress)
         torch_save_atomic(model.state_dict(), path)
