@@ -8,7 +8,7 @@ import os
 import pytest
 
 from promptdiff.backbone import save_tiny_clip
-from promptdiff.synthetic import make_shapes_caltech
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from conftest import read_results, train_args
 
 from promptdiff.backbone import save_tiny_clip
-from promptdiff.synthetic import make_shapes_caltech
 from promptdiff.trainers.genpt import ClassMemory, info_nce, mix_classwise
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 from train import build_parser, cli, setup_cfg
 
 CFG = {"GenPT": "GenPT/vit_b16_ep50_ctxv1", "GenPTDiff": "GenPTDiff/vit_b16_ep50_ctxv1"}

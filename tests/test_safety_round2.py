@@ -27,8 +27,8 @@ from promptdiff.engine.registry import build_dataset
 from promptdiff.engine.utils import LOCK_NAME
 from promptdiff.results import tables
 from promptdiff.results.record import read_run
-from promptdiff.synthetic import class_names, make_shapes_caltech
 from promptdiff.tools import predict as predict_tool
+from promptdiff.worlds.shapes_caltech import class_names, make_shapes_caltech
 from train import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -25,8 +25,8 @@ from promptdiff.engine import get_cfg_default, set_random_seed, setup_logger
 from promptdiff.engine.data import ImageReadError, read_image
 from promptdiff.engine.registry import build_dataset
 from promptdiff.engine.trainer import UNIMPLEMENTED_KEYS, check_implemented
-from promptdiff.synthetic import make_shapes_caltech
 from promptdiff.tools import check_dataset
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 from train import cli
 
 CFG = "CoOp/vit_b16_ep50"

@@ -15,8 +15,8 @@ import os
 import sys
 import time
 
-from promptdiff import miniworld as mw
 from promptdiff.tools import miniworld as tmw
+from promptdiff.worlds import miniature as mw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
