@@ -1,4 +1,4 @@
-"""The miniature worlds (promptdiff/miniworld.py) as CoOp-style datasets: MiniWorld is the default
+"""The miniature worlds (promptdiff/worlds/miniature.py) as CoOp-style datasets: MiniWorld is the default
 world's source domain (train / val / test, base-to-new like any CoOp dataset); MiniWorld<Domain>
 are its shifted domains, test-only like ImageNet's variants (the model trained on MiniWorld is
 evaluated on them). The per-image-camera world registers the same set as MiniWorldPercam and
@@ -17,7 +17,7 @@ from promptdiff.datasets.common import (
     subsample_classes,
 )
 from promptdiff.host import DATASET_REGISTRY, DatasetBase
-from promptdiff.miniworld import DOMAINS, SOURCE, WORLDS, dataset_dir, domain_dataset_name
+from promptdiff.worlds.miniature import DOMAINS, SOURCE, WORLDS, dataset_dir, domain_dataset_name
 
 BUILD_HINT = "write the world with `python tools/miniworld.py build --root DATA`"
 

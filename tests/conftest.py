@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import pytest
 
 from promptdiff.backbone import save_tiny_clip
-from promptdiff.synthetic import make_shapes_caltech
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -65,9 +66,34 @@ def train_args(
     ]  # fmt: skip
 
 
-def read_results(out: str) -> dict:
-    with open(os.path.join(out, "results.json")) as f:
+def read_json(path: str):
+    with open(path) as f:
         return json.load(f)
+
+
+def write_json(obj, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def read_results(out: str) -> dict:
+    return read_json(os.path.join(out, "results.json"))
+
+
+def crash_after_first_epoch(monkeypatch) -> Callable[[], None]:
+    """Make each run end as by Ctrl-C once its first epoch (and that epoch's checkpoint) is done;
+    returns the function that undoes it, for the rerun that resumes."""
+    from promptdiff.engine.trainer import SimpleTrainer
+
+    original = SimpleTrainer.after_epoch
+
+    def after_epoch(self):
+        original(self)
+        if self.epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(SimpleTrainer, "after_epoch", after_epoch)
+    return lambda: monkeypatch.setattr(SimpleTrainer, "after_epoch", original)
 
 
 @pytest.fixture(autouse=True)

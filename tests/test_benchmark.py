@@ -194,7 +194,7 @@ def test_tensor_memory_counts_what_a_call_holds_at_its_peak():
 
 
 def test_synthetic_class_names_stay_distinct_past_the_colour_shape_pairs():
-    from promptdiff.synthetic import class_names
+    from promptdiff.worlds.shapes_caltech import class_names
 
     names = class_names(60)
     assert len(set(names)) == 60 and names[:24] == class_names(24)

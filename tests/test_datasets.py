@@ -183,7 +183,7 @@ def run_checker(capsys, root, *names):
 
 
 def test_every_dataset_has_a_config_and_a_synthetic_layout():
-    from promptdiff.miniworld import DOMAINS, WORLDS, domain_dataset_name
+    from promptdiff.worlds.miniature import DOMAINS, WORLDS, domain_dataset_name
 
     names = set(DATASET_REGISTRY.registered_names())
     miniworld = {domain_dataset_name(d, kind) for d in DOMAINS for kind in WORLDS}
@@ -468,7 +468,7 @@ def test_imagenet_flat_val_folder_is_explained(layout):
 
 
 def test_checker_ready_on_every_layout(tmp_path, capsys):
-    from promptdiff import miniworld
+    from promptdiff.worlds import miniature as miniworld
 
     root = str(tmp_path / "data")
     for maker in LAYOUTS.values():

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import read_results, train_args
+from conftest import crash_after_first_epoch, read_results, train_args
 
 from promptdiff.backbone import save_tiny_clip
-from promptdiff.synthetic import make_shapes_caltech
 from promptdiff.trainers.genpt import ClassMemory, info_nce, mix_classwise
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 from train import build_parser, cli, setup_cfg
 
 CFG = {"GenPT": "GenPT/vit_b16_ep50_ctxv1", "GenPTDiff": "GenPTDiff/vit_b16_ep50_ctxv1"}
@@ -262,22 +262,13 @@ def test_trains_reloads_exactly_and_evaluates_new_classes(name, data, tmp_path):
 
 
 def test_resume_restores_the_prototype_memory(data, tmp_path, monkeypatch):
-    from promptdiff.engine.trainer import SimpleTrainer
-
     opts = ("TRAIN.CHECKPOINT_FREQ", "1")
     full, part = tmp_path / "full", tmp_path / "part"
     assert cli(_args(data, full, "GenPT", *opts)) == 0
-    original = SimpleTrainer.after_epoch
-
-    def crash_after_first_epoch(self):
-        original(self)
-        if self.epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(SimpleTrainer, "after_epoch", crash_after_first_epoch)
+    undo = crash_after_first_epoch(monkeypatch)
     # Ctrl-C ends the run with one line and exit code 128 + SIGINT (130)
     assert 130 == cli(_args(data, part, "GenPT", *opts))
-    monkeypatch.setattr(SimpleTrainer, "after_epoch", original)
+    undo()
     assert cli(_args(data, part, "GenPT", *opts)) == 0
     name = f"prompt_learner/model.pth.tar-{EPOCHS}"
     a = torch.load(full / name, weights_only=True)["state_dict"]

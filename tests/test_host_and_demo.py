@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from promptdiff import miniworld as mw
+from promptdiff.worlds import miniature as mw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))

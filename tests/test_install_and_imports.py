@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,8 @@ LAYERS = [
     ("core", ("promptdiff.diffusion", "promptdiff.backbone", "promptdiff.fileio",
               "promptdiff.imagefiles", "promptdiff.trainer_names", "promptdiff._version")),
     ("runtime", ("promptdiff.engine", "promptdiff.config_keys", "promptdiff.host",
-                 "promptdiff.results", "promptdiff.miniworld", "promptdiff.synthetic")),
+                 "promptdiff.results")),
+    ("worlds", ("promptdiff.worlds",)),
     ("methods", ("promptdiff.trainers", "promptdiff.datasets")),
     ("api", ("promptdiff.predict", "promptdiff")),
     ("tools", ("promptdiff.tools",)),
@@ -212,6 +214,51 @@ def test_no_sys_path_edits_outside_tests():
             if text.startswith("sys.path.") or text.startswith("sys.path["):
                 found.append(f"{path.relative_to(REPO)}:{node.lineno}: {text}")
     assert found == []
+
+
+# the Layout block of README.md: an entry's name stands in its first 28 columns, its description after
+LAYOUT_NAME = re.compile(r"[\w.]+(?:/|\.py)")
+
+
+def readme_layout() -> list[tuple[str, str | None, list[str]]]:
+    """(path from the repository root, layer named on its line or above it for an entry inside
+    promptdiff/, else None, the .py files its description names) per entry of the README's Layout
+    block."""
+    block = (REPO / "README.md").read_text().split("\n## Layout\n", 1)[1].split("```")[1]
+    entries: list[tuple[str, str | None, list[str]]] = []
+    layer = None
+    for line in block.splitlines():
+        head, description = line[:28], line[28:]
+        if line.startswith("  ") and head.split() and not LAYOUT_NAME.fullmatch(head.split()[0]):
+            layer = head.split()[0]
+        for name in LAYOUT_NAME.findall(head):
+            inside = line.startswith("  ")
+            entries.append(
+                ("promptdiff/" + name if inside else name, layer if inside else None, [])
+            )
+        if entries:
+            entries[-1][2].extend(n for n in LAYOUT_NAME.findall(description) if n.endswith(".py"))
+    return entries
+
+
+def test_the_readme_layout_matches_the_tree():
+    entries = readme_layout()
+    layers = {name for name, _ in LAYERS}
+    for path, layer, files in entries:
+        assert (REPO / path).exists(), f"README's Layout names {path}, which does not exist"
+        for name in files:
+            assert (REPO / path / name).is_file(), f"README's Layout names {path}{name}"
+        if layer is not None:
+            module = "promptdiff." + path.removeprefix("promptdiff/").removesuffix(".py").strip("/")
+            assert layer in layers and LAYERS[layer_of(module)][0] == layer, (path, layer)
+    named = {path for path, _, _ in entries}
+    parts = {
+        f"promptdiff/{p.name}/" if p.is_dir() else f"promptdiff/{p.name}"
+        for p in (REPO / "promptdiff").iterdir()
+        if (p / "__init__.py").is_file() or (p.suffix == ".py" and not p.name.startswith("_"))
+    }
+    assert parts - named == set(), "parts of promptdiff/ that README's Layout does not name"
+    assert {"promptdiff/worlds/", "trainers/", "datasets/", "tools/"} <= named
 
 
 # ---- the installed library, from a folder outside the repository --------------------------------

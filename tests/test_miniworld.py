@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from promptdiff import miniworld as mw
+from promptdiff.worlds import miniature as mw
 
 TINY = mw.WorldSpec(n_train=3, n_val=1, n_test=2)
 

@@ -111,7 +111,7 @@ def test_context_token_absent_is_exactly_no_context():
 def trained(tmp_path_factory):
     """CoOpDiff with SET_CONTEXT 2: one baseline epoch, one stage-2 epoch, held-out fit on."""
     from promptdiff.backbone import save_tiny_clip
-    from promptdiff.synthetic import make_shapes_caltech
+    from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 
     root = tmp_path_factory.mktemp("context")
     weights = save_tiny_clip(str(root / "tiny.pt"))

@@ -96,7 +96,7 @@ def test_overfit_lr_number_on_the_command_line(shapes_root, tiny_weights, tmp_pa
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from promptdiff.backbone import save_tiny_clip
-    from promptdiff.synthetic import make_shapes_caltech
+    from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 
     root = tmp_path_factory.mktemp("modes")
     weights = save_tiny_clip(str(root / "tiny.pt"))

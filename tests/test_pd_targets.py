@@ -7,11 +7,10 @@ import re
 
 import pytest
 import torch
-from conftest import read_results, train_args
+from conftest import crash_after_first_epoch, read_results, train_args
 from test_pd_modes import SMALL, _build
 
 from promptdiff.diffusion import ClassMeans, PromptDiffusion, overfit_per_sample
-from promptdiff.engine.trainer import SimpleTrainer
 from promptdiff.trainers import overfit_entropy
 from promptdiff.trainers.overfit_entropy import (
     augment_views,
@@ -162,17 +161,10 @@ def test_centred_label_free_run_resumes_reloads_and_evaluates_new_classes(
         )
         assert removed and 0 < float(removed.group(1)) <= 100
 
-    original = SimpleTrainer.after_epoch
-
-    def crash_after_first_epoch(self):
-        original(self)
-        if self.epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(SimpleTrainer, "after_epoch", crash_after_first_epoch)
+    undo = crash_after_first_epoch(monkeypatch)
     # Ctrl-C ends the run with one line and exit code 128 + SIGINT (130)
     assert 130 == cli(_args(shapes_root, tiny_weights, part, *RESUME_OPTS))
-    monkeypatch.setattr(SimpleTrainer, "after_epoch", original)
+    undo()
     assert cli(_args(shapes_root, tiny_weights, part, *RESUME_OPTS)) == 0
     assert "Resumed from the checkpoint of epoch 1" in (part / "log.txt").read_text()
     name = "denoiser/model.pth.tar-2"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import read_results, train_args
+from conftest import read_json, read_results, train_args, write_json
 
 import promptdiff.datasets  # noqa: F401  (registers every dataset)
 from promptdiff.engine import get_cfg_default, set_random_seed, setup_logger
@@ -27,8 +27,8 @@ from promptdiff.engine.registry import build_dataset
 from promptdiff.engine.utils import LOCK_NAME
 from promptdiff.results import tables
 from promptdiff.results.record import read_run
-from promptdiff.synthetic import class_names, make_shapes_caltech
 from promptdiff.tools import predict as predict_tool
+from promptdiff.worlds.shapes_caltech import class_names, make_shapes_caltech
 from train import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,16 +44,6 @@ def error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     return err[0]
-
-
-def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_json(obj, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f)
 
 
 @pytest.fixture

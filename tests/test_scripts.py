@@ -15,7 +15,7 @@ import pytest
 
 from promptdiff.backbone import save_tiny_clip
 from promptdiff.results.record import METRICS, split_record
-from promptdiff.synthetic import make_shapes_caltech
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"

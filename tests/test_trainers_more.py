@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from conftest import read_results, train_args
 
 from promptdiff.backbone import save_tiny_clip
-from promptdiff.synthetic import make_shapes_caltech
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 from train import build_parser, cli, setup_cfg
 
 # baseline -> (config, PREC namespace, options that fit the 2-layer tiny CLIP)

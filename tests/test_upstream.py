@@ -30,8 +30,8 @@ from promptdiff.backbone.loader import _clip
 from promptdiff.engine import get_cfg_default, set_random_seed
 from promptdiff.engine.checkpoint import load_checkpoint
 from promptdiff.engine.registry import build_dataset
-from promptdiff.synthetic import make_shapes_caltech
 from promptdiff.trainers.base import ClipPromptTrainer
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 from train import build_parser, cli, setup_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,12 +3,11 @@ sentence naming the key, file or path (issue 9, part B)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
 import pytest
-from conftest import train_args
+from conftest import read_json, train_args, write_json
 from synthetic_layouts import LAYOUTS, make_imagenet, make_imagenet_sketch
 
 import promptdiff.datasets  # noqa: F401  (registers every dataset)
@@ -25,8 +24,8 @@ from promptdiff.engine import get_cfg_default, set_random_seed, setup_logger
 from promptdiff.engine.data import ImageReadError, read_image
 from promptdiff.engine.registry import build_dataset
 from promptdiff.engine.trainer import UNIMPLEMENTED_KEYS, check_implemented
-from promptdiff.synthetic import make_shapes_caltech
 from promptdiff.tools import check_dataset
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 from train import cli
 
 CFG = "CoOp/vit_b16_ep50"
@@ -59,16 +58,6 @@ def build(root: str, name: str = "Caltech101", shots: int = -1):
     cfg.DATASET.ROOT, cfg.DATASET.NAME, cfg.DATASET.NUM_SHOTS, cfg.SEED = root, name, shots, 1
     set_random_seed(1)
     return build_dataset(cfg)
-
-
-def read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_json(obj, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f)
 
 
 # ---------------------------------------------------------------------------------------------

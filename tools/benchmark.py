@@ -48,8 +48,8 @@ from tabulate import tabulate
 from torch.utils import benchmark
 
 from promptdiff.fileio import atomic_write
-from promptdiff.synthetic import make_shapes_caltech
 from promptdiff.tools.bench_fastpaths import ROW_SIZES, Bench, run_rows
+from promptdiff.worlds.shapes_caltech import make_shapes_caltech
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

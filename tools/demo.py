@@ -16,8 +16,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from promptdiff import miniworld as mw
 from promptdiff.tools import miniworld as tmw
+from promptdiff.worlds import miniature as mw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -36,7 +36,6 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import promptdiff.trainers as _registers_trainers  # noqa: E402, F401
-from promptdiff import miniworld as mw  # noqa: E402
 from promptdiff.fileio import atomic_write  # noqa: E402
 from promptdiff.host import TRAINER_REGISTRY  # noqa: E402
 from promptdiff.results.layout import (  # noqa: E402
@@ -49,6 +48,7 @@ from promptdiff.results.layout import (  # noqa: E402
 from promptdiff.results.record import ResultsError, read_record  # noqa: E402
 from promptdiff.results.tables import Selection, build_tables, order_trainers, render  # noqa: E402
 from promptdiff.trainer_names import split_diff  # noqa: E402
+from promptdiff.worlds import miniature as mw  # noqa: E402
 
 SHOTS = 16
 # every trainer, in the tables' order (ZeroshotCLIP, then each method beside its Diff variant)

@@ -17,19 +17,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from promptdiff.results.cli import add_selection_flags, selection_of
 from promptdiff.results.plots import YLIMS, plot_base2new, run_plot
-from promptdiff.results.tables import Selection, comma_list, int_list
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default="output", help="folder the scripts write into")
-    parser.add_argument("--trainers", type=comma_list, help="e.g. CoOp,CoOpDiff")
-    parser.add_argument("--datasets", type=comma_list, help="e.g. caltech101,dtd")
-    parser.add_argument("--shots", type=int, help="shot count when several exist")
-    parser.add_argument("--seeds", type=int_list, help="only these seeds, e.g. 1,2,3")
-    parser.add_argument("--metric", default="accuracy", help="accuracy (default) or macro_f1")
+    add_selection_flags(parser, one_shot_count=True, shots_help="shot count when several exist")
     parser.add_argument("--out", default="base2new.png", help="image file (.png, .pdf, .svg)")
     parser.add_argument("--ylim", default="shared", choices=YLIMS, help="y-axis range rule")
     parser.add_argument("--dpi", type=int, default=300, help="resolution of raster output")
@@ -40,13 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
-    sel = Selection(
-        trainers=args.trainers,
-        datasets=args.datasets,
-        shots=[args.shots] if args.shots is not None else None,
-        seeds=set(args.seeds) if args.seeds else None,
-        metric=args.metric,
-    )
+    sel = selection_of(args)
     return run_plot(
         args.out,
         lambda: plot_base2new(

@@ -14,19 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from promptdiff.results.cli import add_selection_flags, selection_of
 from promptdiff.results.plots import plot_few_shot, run_plot
-from promptdiff.results.tables import Selection, comma_list, int_list
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default="output", help="folder the scripts write into")
-    parser.add_argument("--trainers", type=comma_list, help="e.g. CoOp,CoOpDiff")
-    parser.add_argument("--datasets", type=comma_list, help="e.g. caltech101,dtd")
-    parser.add_argument("--shots", type=int_list, help="only these shot counts, e.g. 1,4,16")
-    parser.add_argument("--seeds", type=int_list, help="only these seeds, e.g. 1,2,3")
-    parser.add_argument("--metric", default="accuracy", help="accuracy (default) or macro_f1")
+    add_selection_flags(parser)
     parser.add_argument("--dpi", type=int, default=300, help="resolution of raster output")
     parser.add_argument("--out", default="few_shot.png", help="image file (.png, .pdf, .svg)")
     return parser
@@ -35,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
-    sel = Selection(
-        trainers=args.trainers,
-        datasets=args.datasets,
-        shots=args.shots,
-        seeds=set(args.seeds) if args.seeds else None,
-        metric=args.metric,
-    )
+    sel = selection_of(args)
     return run_plot(args.out, lambda: plot_few_shot(args.root, args.out, sel, dpi=args.dpi))
 
 

@@ -17,34 +17,25 @@ import argparse
 import sys
 
 from promptdiff.fileio import WriteError, atomic_write
+from promptdiff.results.cli import add_selection_flags, selection_of
 from promptdiff.results.record import ResultsError
-from promptdiff.results.tables import (
-    FORMATS,
-    PROTOCOLS,
-    XD_SOURCE,
-    Selection,
-    build_tables,
-    comma_list,
-    int_list,
-    render,
-)
+from promptdiff.results.tables import FORMATS, PROTOCOLS, XD_SOURCE, build_tables, render
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default="output", help="folder the scripts write into")
-    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
-    parser.add_argument(
-        "--trainers", type=comma_list, help="e.g. CoOp,CoOpDiff or CoOp/vit_b16_ep50"
+    add_selection_flags(
+        parser,
+        trainers_help="e.g. CoOp,CoOpDiff or CoOp/vit_b16_ep50",
+        datasets_help="e.g. caltech101,dtd (xd/dg: targets)",
+        shots_help="shot counts, e.g. 16 or 1,2,4,8,16",
+        metric_help="accuracy (default), macro_f1, error",
     )
-    parser.add_argument("--datasets", type=comma_list, help="e.g. caltech101,dtd (xd/dg: targets)")
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
     parser.add_argument(
         "--source", default=XD_SOURCE, help="xd/dg: the dataset trained on (default imagenet)"
     )
-    parser.add_argument("--shots", type=int_list, help="shot counts, e.g. 16 or 1,2,4,8,16")
-    parser.add_argument("--seeds", type=int_list, help="only these seeds, e.g. 1,2,3")
-    parser.add_argument("--metric", default="accuracy", help="accuracy (default), macro_f1, error")
     parser.add_argument("--std", action="store_true", help="show '± std' over seeds")
     parser.add_argument("--format", default="terminal", choices=FORMATS)
     parser.add_argument("--out", help="write to this file (atomically) instead of stdout")
@@ -54,14 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
-    sel = Selection(
-        trainers=args.trainers,
-        datasets=args.datasets,
-        shots=args.shots,
-        seeds=set(args.seeds) if args.seeds else None,
-        metric=args.metric,
-        source=args.source,
-    )
+    sel = selection_of(args)
     try:
         tables = build_tables(args.root, args.protocol, sel)
         text = render(tables, args.format, args.std)

@@ -18,7 +18,7 @@ import io
 import sys
 
 from promptdiff.fileio import atomic_write
-from promptdiff.results.tables import comma_list, int_list
+from promptdiff.results.cli import comma_list, int_list
 
 
 def sweep(

@@ -7,5 +7,6 @@ for figures only, matplotlib).
   "=> result" log block older runs left instead;
 - `tables`: seed statistics and the paper-style tables (base2new, xd, dg, few_shot);
 - `summary`: parse_test_res's mean and spread over the seeds of one experiment;
-- `plots`: base-to-new bars and few-shot curves.
+- `plots`: base-to-new bars and few-shot curves;
+- `cli`: the flags that select results, shared by the table and plot command lines in tools/.
 """

@@ -8,11 +8,10 @@ papers compute it.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,12 +267,50 @@ def _tree_checker(expected_subsample: str, notes: list[str]) -> Callable[[RunRes
     return check
 
 
-def _require_root(root: Path) -> None:
+def _protocol_tree(root: Path | str, name: str) -> Path:
+    """root/<name>, the folder one protocol's scripts write into, once root is known to exist."""
+    root = Path(root)
     if not root.is_dir():
         raise ResultsError(
             f"results root {root} does not exist; pass --root pointing at the folder the scripts "
             f"write into (default: output)"
         )
+    return root / name
+
+
+RUN_LAYOUT = "<dataset>/shots_<K>/<Trainer>/<cfg>/seed<S>/"
+
+
+def _no_results(what: str, where: Path, expected: str, scripts: str) -> ResultsError:
+    """The error for a protocol tree with nothing to tabulate."""
+    return ResultsError(
+        f"no {what} results under {where} (expected {expected}{RUN_LAYOUT}); run {scripts} or "
+        f"check --root"
+    )
+
+
+def _shot_groups(
+    keys: set[CellKey],
+    sel: Selection,
+    tree: Path,
+    dataset_keys: set[CellKey] | None = None,
+    datasets_where: Path | None = None,
+) -> Iterator[tuple[int, list[str], list[tuple[str, str, str]]]]:
+    """Per selected shot count of the cells found: (shots, datasets, columns). The datasets come
+    from dataset_keys where given (xd/dg: the targets, not the source), else from keys."""
+    for shots in _pick_shots({k[1] for k in keys}, sel.shots, tree):
+        in_shots = [k for k in keys if k[1] == shots]
+        named = {
+            k[0] for k in (in_shots if dataset_keys is None else dataset_keys) if k[1] == shots
+        }
+        datasets = _pick_datasets(named, sel.datasets, datasets_where or tree)
+        columns = _column_labels({(k[2], k[3]) for k in in_shots}, sel.trainers, tree)
+        yield shots, datasets, columns
+
+
+def _cell_stat(cells: dict[CellKey, Cell], key: CellKey, metric: str) -> Stat | None:
+    """Seed statistics of the cell at key, None when there is no such cell or no such metric."""
+    return cells[key].stat(metric) if key in cells else None
 
 
 def _column_labels(
@@ -353,30 +390,21 @@ def _seed_notes(stats: list[tuple[str, Stat | None]]) -> list[str]:
 def base2new_results(root: Path | str, sel: Selection | None = None) -> list[Base2NewResult]:
     """Seed-averaged Base/New/HM per dataset and trainer column, one result per shot count."""
     sel = sel or Selection()
-    root = Path(root)
-    _require_root(root)
-    tree = root / "base2new"
+    tree = _protocol_tree(root, "base2new")
     notes: list[str] = []
     base = discover(tree / "train_base", sel.seeds, _tree_checker("base", notes))
     new = discover(tree / "test_new", sel.seeds, _tree_checker("new", notes))
     if not base and not new:
-        raise ResultsError(
-            f"no base2new results under {tree} (expected train_base/ and test_new/"
-            f"<dataset>/shots_<K>/<Trainer>/<cfg>/seed<S>/); run the base2new scripts or check --root"
-        )
-    keys = set(base) | set(new)
+        raise _no_results("base2new", tree, "train_base/ and test_new/", "the base2new scripts")
     results = []
-    for shots in _pick_shots({k[1] for k in keys}, sel.shots, tree):
-        in_shots = [k for k in keys if k[1] == shots]
-        datasets = _pick_datasets({k[0] for k in in_shots}, sel.datasets, tree)
-        columns = _column_labels({(k[2], k[3]) for k in in_shots}, sel.trainers, tree)
+    for shots, datasets, columns in _shot_groups(set(base) | set(new), sel, tree):
         entries: dict[tuple[str, str], Base2NewEntry] = {}
         seed_stats: list[tuple[str, Stat | None]] = []
         for ds in datasets:
             for label, trainer, cfg in columns:
                 key = (ds, shots, trainer, cfg)
-                b = base[key].stat(sel.metric) if key in base else None
-                n = new[key].stat(sel.metric) if key in new else None
+                b = _cell_stat(base, key, sel.metric)
+                n = _cell_stat(new, key, sel.metric)
                 entries[(ds, label)] = Base2NewEntry(b, n)
                 seed_stats += [(f"{label} {ds} Base", b), (f"{label} {ds} New", n)]
         average = {}
@@ -439,9 +467,7 @@ def _stat_value(s: Stat | None) -> Value:
 def transfer_tables(root: Path | str, protocol: str, sel: Selection | None = None) -> list[Table]:
     """xd/dg: a row per trainer column with Source (ImageNet), each target and the target Average."""
     sel = sel or Selection()
-    root = Path(root)
-    _require_root(root)
-    tree = root / "xd"
+    tree = _protocol_tree(root, "xd")
     notes: list[str] = []
     source = {
         k: v
@@ -456,30 +482,22 @@ def transfer_tables(root: Path | str, protocol: str, sel: Selection | None = Non
     else:
         tests = {k: v for k, v in tests.items() if k[0] not in dg_targets + (sel.source,)}
     if not tests:
-        raise ResultsError(
-            f"no {protocol} target results under {tree / 'test'} (expected <dataset>/shots_<K>/"
-            f"<Trainer>/<cfg>/seed<S>/); run the xd test script or check --root"
-        )
-    keys = set(source) | set(tests)
+        raise _no_results(f"{protocol} target", tree / "test", "", "the xd test script")
     tables = []
-    for shots in _pick_shots({k[1] for k in keys}, sel.shots, tree):
-        in_shots = [k for k in keys if k[1] == shots]
-        targets = _pick_datasets(
-            {k[0] for k in tests if k[1] == shots}, sel.datasets, tree / "test"
-        )
-        columns = _column_labels({(k[2], k[3]) for k in in_shots}, sel.trainers, tree)
+    groups = _shot_groups(set(source) | set(tests), sel, tree, set(tests), tree / "test")
+    for shots, targets, columns in groups:
         rows: list[list[str | Value]] = []
         table_notes = list(notes)
         seed_stats: list[tuple[str, Stat | None]] = []
         for label, trainer, cfg in columns:
             src_key = (sel.source, shots, trainer, cfg)
-            src = source[src_key].stat(sel.metric) if src_key in source else None
+            src = _cell_stat(source, src_key, sel.metric)
             row: list[str | Value] = [label, _stat_value(src)]
             seed_stats.append((f"{label} source", src))
             got = []
             for ds in targets:
                 key = (ds, shots, trainer, cfg)
-                s = tests[key].stat(sel.metric) if key in tests else None
+                s = _cell_stat(tests, key, sel.metric)
                 seed_stats.append((f"{label} {ds}", s))
                 row.append(_stat_value(s))
                 if s is not None:
@@ -502,21 +520,13 @@ def transfer_tables(root: Path | str, protocol: str, sel: Selection | None = Non
 def few_shot_tables(root: Path | str, sel: Selection | None = None) -> list[Table]:
     """Dataset rows by trainer columns, one table per shot count, plus an Average row."""
     sel = sel or Selection()
-    root = Path(root)
-    _require_root(root)
-    tree = root / "few_shot"
+    tree = _protocol_tree(root, "few_shot")
     notes: list[str] = []
     cells = discover(tree, sel.seeds, _tree_checker("all", notes))
     if not cells:
-        raise ResultsError(
-            f"no few_shot results under {tree} (expected <dataset>/shots_<K>/<Trainer>/<cfg>/"
-            f"seed<S>/); run the few-shot scripts or check --root"
-        )
+        raise _no_results("few_shot", tree, "", "the few-shot scripts")
     tables = []
-    for shots in _pick_shots({k[1] for k in cells}, sel.shots, tree):
-        in_shots = [k for k in cells if k[1] == shots]
-        datasets = _pick_datasets({k[0] for k in in_shots}, sel.datasets, tree)
-        columns = _column_labels({(k[2], k[3]) for k in in_shots}, sel.trainers, tree)
+    for shots, datasets, columns in _shot_groups(set(cells), sel, tree):
         rows: list[list[str | Value]] = []
         per_column: dict[str, list[float]] = {label: [] for label, _, _ in columns}
         seed_stats: list[tuple[str, Stat | None]] = []
@@ -524,7 +534,7 @@ def few_shot_tables(root: Path | str, sel: Selection | None = None) -> list[Tabl
             row: list[str | Value] = [ds]
             for label, trainer, cfg in columns:
                 key = (ds, shots, trainer, cfg)
-                s = cells[key].stat(sel.metric) if key in cells else None
+                s = _cell_stat(cells, key, sel.metric)
                 seed_stats.append((f"{label} {ds}", s))
                 row.append(_stat_value(s))
                 if s is not None:
@@ -694,22 +704,3 @@ def render(tables: list[Table], fmt: str, show_std: bool = False) -> str:
     if fmt == "latex":
         return render_latex(tables, show_std)
     return render_text(tables, fmt, show_std)
-
-
-# argparse types of the table and plot CLIs
-def comma_list(text: str) -> list[str]:
-    """argparse type for 'a,b,c'."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got '{text}'")
-    return items
-
-
-def int_list(text: str) -> list[int]:
-    """argparse type for '1,2,3'."""
-    try:
-        return [int(t) for t in comma_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 1,2,3, got '{text}'"
-        ) from None

@@ -1,4 +1,5 @@
-"""A small built-in image dataset in Caltech101's layout, for the demo and end-to-end tests.
+"""A small built-in image dataset in Caltech101's layout, for the end-to-end tests and
+tools/benchmark.py (the demo runs on the miniature world).
 
 Each class is a coloured shape on a noisy background, so a tiny CLIP can tell classes apart.
 """
