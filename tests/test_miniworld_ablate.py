@@ -8,9 +8,9 @@ import os
 
 import pytest
 
-from promptdiff import miniworld as mw
 from promptdiff.results.layout import RESULTS_FILE, run_dir
 from promptdiff.tools import miniworld as tmw
+from promptdiff.worlds import miniature as mw
 
 CFG = "vit_b16_ep50_ctxv1"
 

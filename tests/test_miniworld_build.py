@@ -10,8 +10,8 @@ import os
 import pytest
 import torch
 
-from promptdiff import miniworld as mw
 from promptdiff.tools import miniworld as tmw
+from promptdiff.worlds import miniature as mw
 
 SMALL = mw.WorldSpec(
     colours=("red", "blue"), n_train=2, n_val=1, n_test=1, domains=("photo", "sketch")
