@@ -31,6 +31,7 @@ from promptdiff.diffusion import (
     TARGET_MODES,
     OverfitResult,
     PromptDiffusion,
+    check_options,
     fit_figures,
     fit_sums,
     neighbour_context,
@@ -245,11 +246,6 @@ class PromptDiffusionMixin:
             raise ValueError(
                 f"TRAINER.PD.OVERFIT_CONFIDENT must lie in (0, 1] (got {pd.OVERFIT_CONFIDENT})."
             )
-        if pd.FORMULATION == "flow" and pd.PREDICTION == "eps":
-            raise ValueError(
-                "TRAINER.PD.PREDICTION 'eps' does not work with TRAINER.PD.FORMULATION 'flow' "
-                "(x0 is undefined at pure noise); use PREDICTION x0 or v."
-            )
         minimum = {
             "BATCH_SIZE": 0,
             "STEPS": 1,
@@ -275,10 +271,8 @@ class PromptDiffusionMixin:
         for key in ("EMA", "DROPOUT"):
             if not 0 <= pd[key] < 1:
                 raise ValueError(f"TRAINER.PD.{key} must lie in [0, 1) (got {pd[key]}).")
-        if pd.WIDTH % pd.HEADS:
-            raise ValueError(
-                f"TRAINER.PD.WIDTH {pd.WIDTH} must be divisible by TRAINER.PD.HEADS {pd.HEADS}."
-            )
+        # the denoiser's own rules (flow with eps, WIDTH by HEADS), named as config keys
+        check_options(pd.FORMULATION, pd.PREDICTION, pd.WIDTH, pd.HEADS, "TRAINER.PD.{}".format)
         if pd.FORMULATION == "vp" and pd.STEPS > pd.TIMESTEPS:
             raise ValueError(
                 f"TRAINER.PD.STEPS {pd.STEPS} exceeds TRAINER.PD.TIMESTEPS {pd.TIMESTEPS}; a vp "
