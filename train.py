@@ -100,21 +100,11 @@ def reset_cfg(cfg, args) -> None:
 
 
 def setup_cfg(args):
-    import promptdiff.trainers  # noqa: F401  (registers the trainers and the config keys they declare)
-    from promptdiff.config_keys import extend_cfg
-    from promptdiff.engine.config import merge_file, merge_opts
-    from promptdiff.host import get_cfg_default
+    """The run's frozen config from the parsed command line, in the module docstring's order."""
+    from promptdiff.trainers.config import build_cfg
 
-    cfg = get_cfg_default()
-    extend_cfg(cfg)
-    if args.dataset_config_file:
-        merge_file(cfg, args.dataset_config_file)
-    if args.config_file:
-        merge_file(cfg, args.config_file)
-    reset_cfg(cfg, args)
-    merge_opts(cfg, args.opts or [])
-    cfg.freeze()
-    return cfg
+    files = (args.dataset_config_file, args.config_file)
+    return build_cfg(files, args.opts or [], lambda cfg: reset_cfg(cfg, args))
 
 
 def check_eval_args(args, trainer_class) -> None:

@@ -23,10 +23,7 @@ ImageLike = str | os.PathLike | Image.Image
 
 def run_config(run_dir: str):
     """The merged config a training run wrote to RUN/config.yaml, on top of today's defaults."""
-    import promptdiff.trainers  # noqa: F401  (registers the trainers and the config keys they declare)
-    from promptdiff.config_keys import extend_cfg
-    from promptdiff.engine.config import merge_file
-    from promptdiff.host import get_cfg_default
+    from promptdiff.trainers.config import build_cfg
 
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
@@ -34,9 +31,7 @@ def run_config(run_dir: str):
             f"{path} does not exist; --model-dir must be a folder train.py trained into "
             f"(runs from before config.yaml was written need retraining)."
         )
-    cfg = extend_cfg(get_cfg_default())
-    merge_file(cfg, path)
-    return cfg
+    return build_cfg([path], freeze=False)
 
 
 def checkpoint_epoch(run_dir: str, model: str = "prompt_learner") -> int | None:

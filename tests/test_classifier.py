@@ -1,4 +1,5 @@
-"""promptdiff.backbone.classifier: the fixed-template class features and the templates' defaults."""
+"""promptdiff.backbone.classifier: the fixed-template class features and the templates' defaults;
+CLIP's logits from them (promptdiff.trainers.prompted)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from promptdiff.backbone import tiny_clip
 from promptdiff.backbone.classifier import (
     DEFAULT_TEMPLATE,
     dataset_template,
-    logits_from_features,
     prefix_template,
     template_features,
 )
+from promptdiff.trainers.prompted import logits_from_features
 
 
 @pytest.mark.parametrize(

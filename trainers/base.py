@@ -1,27 +1,24 @@
 """What every CLIP prompt trainer shares: loading CLIP, precision, freezing, the optimisation step.
 
-A trainer names its config namespace (PREC etc.) and builds its model in `build_prompt_model`: a
-PromptedCLIP (trainers/prompted.py), whose `prompt_learner` holds everything trainable.
+A trainer names its config namespace (PREC etc.) and builds its model in the class method
+`build_prompt_model`: a PromptedCLIP (trainers/prompted.py), whose `prompt_learner` holds
+everything trainable; `build_prompted_clip` calls it, with or without a trainer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from promptdiff.backbone import cast_for_precision, check_input_size, load_clip, resolve_weights
-from promptdiff.backbone.classifier import logits_from_features  # noqa: F401  (re-exported)
 from promptdiff.engine.runinfo import file_identity
 from promptdiff.host import TrainerX, build_lr_scheduler, build_optimizer, load_checkpoint, log
 from promptdiff.trainer_names import split_diff
-
-if TYPE_CHECKING:
-    from promptdiff.trainers.prompted import PromptedCLIP
+from promptdiff.trainers.prompted import build_prompted_clip
 
 PRECISIONS = ("fp16", "fp32", "amp")
 
@@ -53,12 +50,8 @@ class ClipPromptTrainer(TrainerX):
         self.prec = cast_for_precision(clip_model, trainer_cfg(cfg, self.CFG_KEY).PREC, self.device)
         log("Building custom CLIP")
         log("Turning off gradients in both the image and the text encoder")
-        for p in clip_model.parameters():
-            p.requires_grad_(False)
-        self.model = self.build_prompt_model(cfg, classnames, clip_model).to(self.device)
+        self.model = build_prompted_clip(cfg, classnames, clip_model)
         learner = self.model.prompt_learner
-        # trainable tensors stay fp32 (master copies), whatever CLIP's dtype
-        learner.float()
         if cfg.MODEL.INIT_WEIGHTS:
             self.load_init_weights(cfg.MODEL.INIT_WEIGHTS)
         trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
@@ -74,7 +67,9 @@ class ClipPromptTrainer(TrainerX):
         """OPTIM.* for the baseline's schedule (the Diff trainers shorten it to stage 1)."""
         return self.cfg.OPTIM
 
-    def build_prompt_model(self, cfg, classnames: list[str], clip_model: nn.Module) -> PromptedCLIP:
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames: list[str], clip_model: nn.Module) -> nn.Module:
+        """This trainer's PromptedCLIP around a frozen CLIP (see build_prompted_clip)."""
         raise NotImplementedError
 
     def load_init_weights(self, path: str) -> None:

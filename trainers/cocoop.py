@@ -77,7 +77,8 @@ class CoCoOp(ClipPromptTrainer):
 
     CFG_KEY = "COCOOP"
 
-    def build_prompt_model(self, cfg, classnames, clip_model):
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames, clip_model):
         learner = CoCoOpPromptLearner(cfg.TRAINER.COCOOP, classnames, clip_model)
         return CoCoOpCLIP(learner, clip_model, *text_settings(cfg))
 

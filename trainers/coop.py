@@ -44,7 +44,8 @@ class CoOp(ClipPromptTrainer):
 
     CFG_KEY = "COOP"
 
-    def build_prompt_model(self, cfg, classnames, clip_model):
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames, clip_model):
         learner = CoOpPromptLearner(cfg.TRAINER.COOP, classnames, clip_model)
         return CoOpCLIP(learner, clip_model, *text_settings(cfg))
 

@@ -49,14 +49,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptdiff.backbone.classifier import dataset_template, logits_from_features, template_features
+from promptdiff.backbone.classifier import dataset_template, template_features
 from promptdiff.backbone.encoders import embed_dim
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, log
 from promptdiff.trainers.base import ClipPromptTrainer, accuracy
 from promptdiff.trainers.coop import CoOpCLIP, CoOpPromptLearner
 from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
-from promptdiff.trainers.prompted import text_settings
+from promptdiff.trainers.prompted import logits_from_features, text_settings
 
 # CoOp's context plus the two terms
 declare_keys(
@@ -238,7 +238,8 @@ class GenPT(ClipPromptTrainer):
         super().check_cfg(cfg)
         check_genpt_cfg(cfg.TRAINER.GENPT)
 
-    def build_prompt_model(self, cfg, classnames, clip_model):
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames, clip_model):
         opts = cfg.TRAINER.GENPT
         templates = list(opts.TEMPLATES) or [dataset_template(cfg.DATASET.NAME)]
         log(f"Hand-crafted view: {templates}")

@@ -139,7 +139,8 @@ class IVLP(MaPLe):
 
     CFG_KEY = "IVLP"
 
-    def build_prompt_model(self, cfg, classnames, clip_model):
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames, clip_model):
         learner = IVLPPromptLearner(cfg.TRAINER.IVLP, classnames, clip_model)
         return MultiModalPromptedCLIP(learner, clip_model, *text_settings(cfg))
 

@@ -151,7 +151,8 @@ class MaPLe(ClipPromptTrainer):
 
     CFG_KEY = "MAPLE"
 
-    def build_prompt_model(self, cfg, classnames, clip_model):
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames, clip_model):
         learner = MaPLePromptLearner(cfg.TRAINER.MAPLE, classnames, clip_model)
         return MultiModalPromptedCLIP(learner, clip_model, *text_settings(cfg))
 

@@ -17,7 +17,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler
 
 from promptdiff.backbone.encoders import embed_dim
 from promptdiff.config_keys import declare_keys
@@ -31,6 +30,7 @@ from promptdiff.diffusion import (
     TARGET_MODES,
     OverfitResult,
     PromptDiffusion,
+    check_options,
     fit_figures,
     fit_sums,
     neighbour_context,
@@ -39,7 +39,7 @@ from promptdiff.diffusion import (
     target_to_prompt,
 )
 from promptdiff.engine import count_num_param, distributed
-from promptdiff.engine.data import DatasetWrapper
+from promptdiff.engine.data import DatasetWrapper, loader_of, rank_batch_size
 from promptdiff.engine.utils import write_json
 from promptdiff.host import log
 from promptdiff.trainers.base import accuracy
@@ -245,11 +245,6 @@ class PromptDiffusionMixin:
             raise ValueError(
                 f"TRAINER.PD.OVERFIT_CONFIDENT must lie in (0, 1] (got {pd.OVERFIT_CONFIDENT})."
             )
-        if pd.FORMULATION == "flow" and pd.PREDICTION == "eps":
-            raise ValueError(
-                "TRAINER.PD.PREDICTION 'eps' does not work with TRAINER.PD.FORMULATION 'flow' "
-                "(x0 is undefined at pure noise); use PREDICTION x0 or v."
-            )
         minimum = {
             "BATCH_SIZE": 0,
             "STEPS": 1,
@@ -275,10 +270,8 @@ class PromptDiffusionMixin:
         for key in ("EMA", "DROPOUT"):
             if not 0 <= pd[key] < 1:
                 raise ValueError(f"TRAINER.PD.{key} must lie in [0, 1) (got {pd[key]}).")
-        if pd.WIDTH % pd.HEADS:
-            raise ValueError(
-                f"TRAINER.PD.WIDTH {pd.WIDTH} must be divisible by TRAINER.PD.HEADS {pd.HEADS}."
-            )
+        # the denoiser's own rules (flow with eps, WIDTH by HEADS), named as config keys
+        check_options(pd.FORMULATION, pd.PREDICTION, pd.WIDTH, pd.HEADS, "TRAINER.PD.{}".format)
         if pd.FORMULATION == "vp" and pd.STEPS > pd.TIMESTEPS:
             raise ValueError(
                 f"TRAINER.PD.STEPS {pd.STEPS} exceeds TRAINER.PD.TIMESTEPS {pd.TIMESTEPS}; a vp "
@@ -362,26 +355,12 @@ class PromptDiffusionMixin:
     def use_stage2_batch_size(self) -> None:
         """TRAINER.PD.BATCH_SIZE > 0 re-batches the training data for stage 2 (e.g. CoCoOp's
         batch 1 would overfit and train the denoiser one image per step)."""
-        size = self.cfg.TRAINER.PD.BATCH_SIZE
-        loader = self.train_loader_x
-        if size <= 0:
+        size, key = self.cfg.TRAINER.PD.BATCH_SIZE, "TRAINER.PD.BATCH_SIZE"
+        if size <= 0 or self.train_loader_x.batch_size == rank_batch_size(size, key):
             return
-        data = loader.dataset
-        sampler = RandomSampler(data)
-        if distributed.is_distributed():
-            size = distributed.per_rank_batch_size(size, "TRAINER.PD.BATCH_SIZE")
-            sampler = distributed.shard_sampler(data, True, self.cfg.SEED)
-        if loader.batch_size == size:
-            return
-        self.train_loader_x = DataLoader(
-            data,
-            batch_size=size,
-            sampler=sampler,
-            num_workers=loader.num_workers,
-            drop_last=len(sampler) >= size,
-            pin_memory=loader.pin_memory,
-        )
-        log(f"Stage 2 batch size: {size}")
+        data = self.train_loader_x.dataset
+        self.train_loader_x = loader_of(self.cfg, data, "RandomSampler", size, True, key)
+        log(f"Stage 2 batch size: {rank_batch_size(size, key)}")
 
     def forward_backward(self, batch) -> dict:
         if not self.in_stage2:

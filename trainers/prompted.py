@@ -1,18 +1,65 @@
-"""The frozen CLIP with a prompt learner that every baseline's model extends, and the hooks prompt
-diffusion (trainers/prompt_diffusion.py) calls on it."""
+"""CLIP as a classifier: the logits, ZeroshotCLIP's fixed-template classifier, the frozen CLIP with
+a prompt learner that every baseline's model extends, the hooks prompt diffusion
+(trainers/prompt_diffusion.py) calls on it, and `build_prompted_clip`, which builds any trainer's
+model from a config, its class names and a CLIP, without building the trainer."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptdiff.backbone.classifier import logits_from_features
+from promptdiff.backbone.classifier import template_features
 from promptdiff.backbone.encoders import encode_image
 from promptdiff.config_keys import declare_keys
 from promptdiff.engine.config import rename_key
+from promptdiff.host import TRAINER_REGISTRY
+
+
+def logits_from_features(
+    clip_model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor
+) -> torch.Tensor:
+    """CLIP logits: scaled cosine similarity; text_features [C, E] or per image [B, C, E]."""
+    image_features = F.normalize(image_features.float(), dim=-1)
+    text_features = F.normalize(text_features.float(), dim=-1)
+    scale = clip_model.logit_scale.exp().float()
+    if text_features.dim() == 2:
+        return scale * image_features @ text_features.t()
+    return scale * torch.einsum("be,bce->bc", image_features, text_features)
+
+
+def build_prompted_clip(cfg, classnames: Sequence[str], clip_model: nn.Module) -> nn.Module:
+    """The model of trainer cfg.TRAINER.NAME (any host) for these classes around a loaded CLIP,
+    which is frozen here: its PromptedCLIP on CLIP's device with fp32 prompts, or ZeroshotCLIP's
+    TemplateCLIP; the trainers, predict and the tools build their models with it."""
+    for p in clip_model.parameters():
+        p.requires_grad_(False)
+    trainer_class = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    model = trainer_class.build_prompt_model(cfg, list(classnames), clip_model)
+    model = model.to(clip_model.token_embedding.weight.device)
+    learner = getattr(model, "prompt_learner", None)
+    if learner is not None:
+        # trainable tensors stay fp32 (master copies), whatever CLIP's dtype
+        learner.float()
+    return model
+
+
+class TemplateCLIP(nn.Module):
+    """Frozen CLIP classifying each image by its features of "<template with class name>"."""
+
+    def __init__(self, clip_model: nn.Module, classnames: list[str], template: str):
+        super().__init__()
+        self.clip = clip_model
+        text = template_features(clip_model, classnames, [template])[0]
+        # derived from the classes and the frozen CLIP: never part of a checkpoint
+        self.register_buffer("class_text_features", text, persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        image_features = encode_image(self.clip, image)
+        return logits_from_features(self.clip, image_features, self.class_text_features)
 
 
 class DiffusionHooks(Protocol):

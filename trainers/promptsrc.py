@@ -31,12 +31,12 @@ from promptdiff.backbone.templates import IMAGENET_TEMPLATES
 from promptdiff.config_keys import declare_keys
 from promptdiff.diffusion import target_to_prompt
 from promptdiff.host import TRAINER_REGISTRY, log
-from promptdiff.trainers.base import accuracy, logits_from_features
+from promptdiff.trainers.base import accuracy
 from promptdiff.trainers.genpt import handcrafted_features
 from promptdiff.trainers.ivlp import IVLP, IVLPPromptLearner
 from promptdiff.trainers.maple import MultiModalPromptedCLIP
 from promptdiff.trainers.prompt_diffusion import PromptDiffusionMixin
-from promptdiff.trainers.prompted import text_settings
+from promptdiff.trainers.prompted import logits_from_features, text_settings
 
 declare_keys(
     "TRAINER.PROMPTSRC",
@@ -173,7 +173,8 @@ class PromptSRC(IVLP):
         # before any data is read; build_model computes the weights over the baseline's epochs
         gaussian_weights(opts.GPA_MEAN, opts.GPA_STD, max(cfg.OPTIM.MAX_EPOCH, 1))
 
-    def build_prompt_model(self, cfg, classnames, clip_model):
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames, clip_model):
         opts = cfg.TRAINER.PROMPTSRC
         learner = PromptSRCPromptLearner(opts, classnames, clip_model)
         return SelfRegulatedCLIP(learner, clip_model, classnames, opts, *text_settings(cfg))

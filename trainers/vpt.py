@@ -12,6 +12,7 @@ model is built.
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 from torch import nn
@@ -31,11 +32,16 @@ declare_keys(
 )
 
 
+# CLIP model -> the initial prompts upstream_prompt_draws drew while it was built
+UPSTREAM_DRAWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 @contextlib.contextmanager
 def upstream_prompt_draws(depth: int, n_ctx: int):
     """While CLIP is built, draw the VPT prompts where upstream's CLIP fork draws them, so a seed
     gives upstream's initial prompts: layer 0 right after the vision patch embedding, layer i
-    (0 < i < depth) at the end of vision block i; yields the list the layers are appended to."""
+    (0 < i < depth) at the end of vision block i; yields the list the layers are appended to,
+    which UPSTREAM_DRAWS also keeps under the CLIP built."""
     clip_model = _clip().model
     drawn: list[torch.Tensor] = []
     blocks = []
@@ -46,8 +52,9 @@ def upstream_prompt_draws(depth: int, n_ctx: int):
         drawn.append(vectors)
 
     def hook(module: nn.Module, name: str, submodule: nn.Module) -> None:
-        if name == "visual":  # the vision tower is complete
+        if name == "visual":  # the vision tower is complete; `module` is the CLIP
             blocks.append(None)
+            UPSTREAM_DRAWS[module] = drawn
         elif None in blocks:
             return
         elif name == "conv1" and isinstance(module, clip_model.VisionTransformer):
@@ -143,13 +150,13 @@ class VPT(ClipPromptTrainer):
 
     def build_model(self) -> None:
         opts = self.cfg.TRAINER.VPT
-        with upstream_prompt_draws(opts.PROMPT_DEPTH_VISION, opts.N_CTX_VISION) as drawn:
-            self.initial_prompts = drawn
+        with upstream_prompt_draws(opts.PROMPT_DEPTH_VISION, opts.N_CTX_VISION):
             super().build_model()
 
-    def build_prompt_model(self, cfg, classnames, clip_model):
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames, clip_model):
         opts = cfg.TRAINER.VPT
-        learner = VPTPromptLearner(opts, clip_model, self.initial_prompts)
+        learner = VPTPromptLearner(opts, clip_model, UPSTREAM_DRAWS.pop(clip_model, None))
         return VisionPromptedCLIP(learner, clip_model, classnames, prefix_template(opts.CTX_INIT))
 
 
@@ -160,14 +167,16 @@ class VPTDiff(PromptDiffusionMixin, VPT):
 
     def check_cfg(self, cfg) -> None:
         super().check_cfg(cfg)
+        # the mixin has checked k >= 0; the upper bound is VPT's depth
         k, depth = cfg.TRAINER.PD.DIFFUSE_LAYERS, cfg.TRAINER.VPT.PROMPT_DEPTH_VISION
-        if not 0 <= k <= depth:
+        if k > depth:
             raise ValueError(
                 f"TRAINER.PD.DIFFUSE_LAYERS {k} must lie in 0..TRAINER.VPT.PROMPT_DEPTH_VISION "
                 f"({depth}); 0 diffuses all layers."
             )
 
-    def build_prompt_model(self, cfg, classnames, clip_model):
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames, clip_model):
         model = super().build_prompt_model(cfg, classnames, clip_model)
         model.diffuse_layers = cfg.TRAINER.PD.DIFFUSE_LAYERS or model.diffuse_layers
         return model

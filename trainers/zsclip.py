@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from promptdiff.backbone import cast_for_precision, check_input_size, load_clip
-from promptdiff.backbone.classifier import dataset_template, logits_from_features, template_features
-from promptdiff.backbone.encoders import encode_image
+from promptdiff.backbone.classifier import dataset_template
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, TrainerX, log
+from promptdiff.trainers.prompted import TemplateCLIP, build_prompted_clip
 
 declare_keys("TRAINER.ZSCLIP", PREC="fp16")
 
@@ -24,16 +25,17 @@ class ZeroshotCLIP(TrainerX):
         clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH, self.device)
         check_input_size(clip_model, cfg.INPUT.SIZE)
         cast_for_precision(clip_model, cfg.TRAINER[self.CFG_KEY].PREC, self.device)
+        self.model = build_prompted_clip(cfg, self.dm.dataset.classnames, clip_model)
+
+    @classmethod
+    def build_prompt_model(cls, cfg, classnames: list[str], clip_model: nn.Module) -> TemplateCLIP:
+        """The fixed-template classifier with the dataset's template (see build_prompted_clip)."""
         template = dataset_template(cfg.DATASET.NAME)
-        classnames = self.dm.dataset.classnames
         log(f"Prompts: {[template.format(c.replace('_', ' ')) for c in classnames]}")
-        self.text_features = template_features(clip_model, classnames, [template])[0]
-        self.clip_model = clip_model
+        return TemplateCLIP(clip_model, classnames, template)
 
     def model_inference(self, image: torch.Tensor) -> torch.Tensor:
-        return logits_from_features(
-            self.clip_model, encode_image(self.clip_model, image), self.text_features
-        )
+        return self.model(image)
 
     def train(self):
         raise RuntimeError("ZeroshotCLIP trains nothing; run train.py with --eval-only.")

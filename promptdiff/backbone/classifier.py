@@ -1,10 +1,9 @@
-"""CLIP as a classifier: logits from image and class features, and the fixed-template class
-features that ZeroshotCLIP, VPT's text side and GenPT's hand-crafted view are built from."""
+"""The fixed-template class features that ZeroshotCLIP, VPT's text side and GenPT's hand-crafted
+view are built from, and the templates (the classifier itself: promptdiff/trainers/prompted.py)."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from promptdiff.backbone.encoders import encode_text_tokens
@@ -44,18 +43,6 @@ def prefix_template(prefix: str) -> str:
     if not words:
         return DEFAULT_TEMPLATE
     return words.replace("{", "{{").replace("}", "}}") + " {}."
-
-
-def logits_from_features(
-    clip_model: nn.Module, image_features: torch.Tensor, text_features: torch.Tensor
-) -> torch.Tensor:
-    """CLIP logits: scaled cosine similarity; text_features [C, E] or per image [B, C, E]."""
-    image_features = F.normalize(image_features.float(), dim=-1)
-    text_features = F.normalize(text_features.float(), dim=-1)
-    scale = clip_model.logit_scale.exp().float()
-    if text_features.dim() == 2:
-        return scale * image_features @ text_features.t()
-    return scale * torch.einsum("be,bce->bc", image_features, text_features)
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from promptdiff.diffusion.context import neighbour_context
 from promptdiff.diffusion.denoiser import PromptDenoiser, timestep_embedding
 from promptdiff.diffusion.ema import ema_update, warmup_decay
 from promptdiff.diffusion.fit import fit_figures, fit_sums
-from promptdiff.diffusion.model import PromptDiffusion
+from promptdiff.diffusion.model import PromptDiffusion, check_options
 from promptdiff.diffusion.overfit import OPTIMIZERS, OverfitResult, overfit_per_sample
 from promptdiff.diffusion.samplers import (
     SAMPLERS,
@@ -78,6 +78,7 @@ __all__ = [
     "RunningStandardizer",
     "Schedule",
     "TimeGrid",
+    "check_options",
     "cosine_betas",
     "ddim",
     "dpmpp_2m",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,20 @@ from promptdiff.diffusion.schedules import (
     x0_from_prediction,
 )
 from promptdiff.diffusion.standardize import RunningStandardizer
+
+
+def check_options(
+    formulation: str, prediction: str, width: int, heads: int, key: Callable[[str], str] = str.lower
+) -> None:
+    """Refuse a formulation/prediction pair or a width/heads split the model cannot use; `key`
+    names an option ("PREDICTION") in the message, e.g. as the caller's config key."""
+    if formulation == "flow" and prediction == "eps":
+        raise ValueError(
+            f"{key('PREDICTION')} 'eps' does not work with {key('FORMULATION')} 'flow' (x0 is "
+            f"undefined at pure noise); use {key('PREDICTION').rsplit('.', 1)[-1]} x0 or v."
+        )
+    if width % heads:
+        raise ValueError(f"{key('WIDTH')} {width} must be divisible by {key('HEADS')} {heads}.")
 
 
 def _randn(shape, generator: torch.Generator | None, device, dtype) -> Tensor:
@@ -63,15 +78,9 @@ class PromptDiffusion(nn.Module):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}.")
-        if formulation == "flow" and prediction == "eps":
-            raise ValueError(
-                "prediction='eps' is not supported with formulation='flow' (x0 is undefined at "
-                "t=1 where alpha=0); use prediction 'x0' or 'v'."
-            )
+        check_options(formulation, prediction, width, heads)
         if len(prompt_shape) == 0 or min(prompt_shape) < 1:
             raise ValueError(f"prompt_shape must be a non-empty shape [*S], got {prompt_shape}.")
-        if width % heads:
-            raise ValueError(f"width must be a multiple of heads, got {width} and {heads}.")
         self.schedule = make_schedule(formulation, schedule, timesteps)
         self.prediction = prediction
         self.prompt_shape = tuple(int(n) for n in prompt_shape)

@@ -240,8 +240,25 @@ def build_data_loader(cfg, sampler_type: str, data_source, batch_size: int, tfm,
     """A DataLoader with Dassl's rules: drop_last only for training data of at least one batch."""
     if not data_source:
         raise ValueError("Cannot build a data loader from an empty data source; check the split.")
+    dataset = DatasetWrapper(data_source, tfm)
+    return loader_of(cfg, dataset, sampler_type, batch_size, is_train)
+
+
+def rank_batch_size(batch_size: int, key: str) -> int:
+    """The images per step of one process for the training batch `batch_size` of config key
+    `key`: all of them, or under torchrun this rank's share."""
+    if distributed.is_distributed():
+        return distributed.per_rank_batch_size(batch_size, key)
+    return batch_size
+
+
+def loader_of(
+    cfg, dataset: Dataset, sampler_type: str, batch_size: int, is_train: bool, key: str = ""
+) -> DataLoader:
+    """build_data_loader's DataLoader over a ready dataset of batch dicts; `key` names the batch
+    size's config key (default: DATALOADER.TRAIN_X / TEST.BATCH_SIZE)."""
+    key = key or ("DATALOADER.TRAIN_X.BATCH_SIZE" if is_train else "DATALOADER.TEST.BATCH_SIZE")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        key = "DATALOADER.TRAIN_X.BATCH_SIZE" if is_train else "DATALOADER.TEST.BATCH_SIZE"
         raise ValueError(f"{key} is {batch_size!r}; use a positive number of images per batch.")
     if sampler_type not in ("RandomSampler", "SequentialSampler"):
         raise ValueError(
@@ -250,17 +267,15 @@ def build_data_loader(cfg, sampler_type: str, data_source, batch_size: int, tfm,
     if distributed.is_distributed():
         # evaluation shards keep dataset order, so gathered predictions line up (see distributed)
         shuffle = is_train and sampler_type == "RandomSampler"
-        sampler = distributed.shard_sampler(data_source, shuffle, cfg.SEED)
+        sampler = distributed.shard_sampler(dataset, shuffle, cfg.SEED)
         if is_train:
-            batch_size = distributed.per_rank_batch_size(
-                batch_size, "DATALOADER.TRAIN_X.BATCH_SIZE"
-            )
+            batch_size = rank_batch_size(batch_size, key)
     elif sampler_type == "RandomSampler":
-        sampler = RandomSampler(data_source)
+        sampler = RandomSampler(dataset)
     else:
-        sampler = SequentialSampler(data_source)
+        sampler = SequentialSampler(dataset)
     loader = DataLoader(
-        DatasetWrapper(data_source, tfm),
+        dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
