@@ -52,8 +52,9 @@ declare_keys(
     IMAGE_LOSS_WEIGHT=10,
     GPA_MEAN=15,
     GPA_STD=1,
-    # PromptSRCDiff: the self-regulating terms also act on the generated prompts in stage 2
-    SCL_ON_GENERATED=True,
+    # PromptSRCDiff: the self-regulating terms also act on the generated prompts in stage 2.
+    # Off: on the miniature world both ways gave 91.36 HM (3 seeds), and on is 4.3x slower
+    SCL_ON_GENERATED=False,
 )
 
 
