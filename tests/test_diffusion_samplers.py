@@ -206,3 +206,14 @@ def test_bad_names_and_steps_raise():
         time_grid(make_schedule("vp", "linear", 100), 101)
     with pytest.raises(ValueError, match="prediction"):
         prediction_target(make_schedule(), "score", *[torch.zeros(1)] * 4)
+
+
+def test_a_vp_grid_refuses_more_steps_than_timesteps_and_flow_takes_any():
+    from promptdiff.diffusion import check_steps, make_schedule, time_grid
+
+    with pytest.raises(ValueError, match="steps 11 exceeds timesteps 10"):
+        time_grid(make_schedule("vp", "linear", 10), 11)
+    assert len(time_grid(make_schedule("vp", "linear", 10), 10).t) == 11
+    check_steps("flow", 10, 50)  # flow has no timestep grid to run out of
+    with pytest.raises(ValueError, match="TRAINER.PD.STEPS 3 exceeds TRAINER.PD.TIMESTEPS 2"):
+        check_steps("vp", 2, 3, "TRAINER.PD.{}".format)

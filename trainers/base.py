@@ -14,13 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptdiff.backbone import cast_for_precision, check_input_size, load_clip, resolve_weights
+from promptdiff.backbone import (
+    PRECISIONS,
+    cast_for_precision,
+    check_input_size,
+    load_clip,
+    resolve_weights,
+)
 from promptdiff.engine.runinfo import file_identity
 from promptdiff.host import TrainerX, build_lr_scheduler, build_optimizer, load_checkpoint, log
 from promptdiff.trainer_names import split_diff
 from promptdiff.trainers.prompted import build_prompted_clip
-
-PRECISIONS = ("fp16", "fp32", "amp")
 
 
 def trainer_cfg(cfg, key: str):

@@ -31,6 +31,7 @@ from promptdiff.diffusion import (
     OverfitResult,
     PromptDiffusion,
     check_options,
+    check_steps,
     fit_figures,
     fit_sums,
     neighbour_context,
@@ -272,11 +273,7 @@ class PromptDiffusionMixin:
                 raise ValueError(f"TRAINER.PD.{key} must lie in [0, 1) (got {pd[key]}).")
         # the denoiser's own rules (flow with eps, WIDTH by HEADS), named as config keys
         check_options(pd.FORMULATION, pd.PREDICTION, pd.WIDTH, pd.HEADS, "TRAINER.PD.{}".format)
-        if pd.FORMULATION == "vp" and pd.STEPS > pd.TIMESTEPS:
-            raise ValueError(
-                f"TRAINER.PD.STEPS {pd.STEPS} exceeds TRAINER.PD.TIMESTEPS {pd.TIMESTEPS}; a vp "
-                f"schedule has at most TIMESTEPS sampling steps."
-            )
+        check_steps(pd.FORMULATION, pd.TIMESTEPS, pd.STEPS, "TRAINER.PD.{}".format)
         s1 = self.stage1_epochs(cfg)
         if not 0 <= s1 <= cfg.OPTIM.MAX_EPOCH:
             raise ValueError(

@@ -1,6 +1,7 @@
 """CLIP helpers: loading weights, precision, and running CLIP's transformers with prompts."""
 
 from promptdiff.backbone.loader import (
+    PRECISIONS,
     WeightsError,
     cast_for_precision,
     check_input_size,
@@ -12,6 +13,7 @@ from promptdiff.backbone.loader import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "WeightsError",
     "cast_for_precision",
     "check_input_size",

@@ -135,10 +135,14 @@ def save_tiny_clip(path: str, seed: int = 0, **kwargs) -> str:
     return path
 
 
+# the precisions a trainer's PREC key takes
+PRECISIONS = ("fp16", "fp32", "amp")
+
+
 def cast_for_precision(model: nn.Module, prec: str, device: torch.device) -> str:
     """Cast the frozen CLIP for PREC (fp16 | fp32 | amp) and return the effective precision."""
-    if prec not in ("fp16", "fp32", "amp"):
-        raise ValueError(f"PREC must be one of fp16, fp32, amp (got {prec!r}).")
+    if prec not in PRECISIONS:
+        raise ValueError(f"PREC must be one of {', '.join(PRECISIONS)} (got {prec!r}).")
     if prec in ("fp16", "amp") and torch.device(device).type == "cpu":
         warnings.warn(f"PREC {prec} is not useful on CPU; running in fp32.", stacklevel=2)
         prec = "fp32"

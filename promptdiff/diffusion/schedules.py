@@ -13,6 +13,7 @@ with all of them. All schedule math is float64 on the CPU; callers cast the few 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -112,6 +113,18 @@ class TimeGrid(NamedTuple):
     sigma: Tensor
 
 
+def check_steps(
+    formulation: str, timesteps: int, steps: int, key: Callable[[str], str] = str.lower
+) -> None:
+    """Refuse more sampling steps than a vp schedule has timesteps; `key` names an option
+    ("STEPS") in the message, e.g. as the caller's config key."""
+    if formulation == "vp" and steps > timesteps:
+        raise ValueError(
+            f"{key('STEPS')} {steps} exceeds {key('TIMESTEPS')} {timesteps}; a vp schedule has at "
+            f"most TIMESTEPS sampling steps."
+        )
+
+
 def time_grid(schedule: Schedule, steps: int) -> TimeGrid:
     """Grid for ``steps`` ODE steps; the last point is clean data (sigma = 0).
 
@@ -120,14 +133,11 @@ def time_grid(schedule: Schedule, steps: int) -> TimeGrid:
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}.")
+    check_steps(schedule.formulation, schedule.timesteps, steps)
     if schedule.formulation == "flow":
         t = 1 - torch.arange(steps + 1, dtype=torch.float64) / steps
     else:
         T = schedule.timesteps
-        if steps > T:
-            raise ValueError(
-                f"steps must be in [1, {T}] for a vp schedule with T={T}, got {steps}."
-            )
         i = torch.arange(steps + 1, dtype=torch.float64)
         t = torch.round(T - i * T / steps) - 1
     alpha, sigma = schedule.alpha_sigma(t)
