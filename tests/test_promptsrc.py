@@ -303,7 +303,9 @@ def test_promptsrcdiff_trains_reloads_exactly_and_evaluates_new_classes(
     from promptdiff.host import build_trainer
 
     out = tmp_path / "base"
-    base = ["DATASET.SUBSAMPLE_CLASSES", "base"]
+    # the regularisers on the generated prompts on (off by default), so their terms are logged
+    scl = ["TRAINER.PROMPTSRC.SCL_ON_GENERATED", "True"]
+    base = ["DATASET.SUBSAMPLE_CLASSES", "base", *scl]
     assert cli(_diff_args(shapes_root, tiny_weights, out, *base)) == 0
     with open(out / "log.txt") as f:
         stage2 = [line for line in f if line.startswith("epoch [2/2]")]
@@ -315,12 +317,12 @@ def test_promptsrcdiff_trains_reloads_exactly_and_evaluates_new_classes(
         assert read_results(evaluated)[key] == read_results(out)[key], key
     new = tmp_path / "new"
     assert cli([*flags, *_diff_args(shapes_root, tiny_weights, new, "DATASET.SUBSAMPLE_CLASSES",
-                                    "new")]) == 0  # fmt: skip
+                                    "new", *scl)]) == 0  # fmt: skip
     result = read_results(new)
     assert result["subsample_classes"] == "new" and result["total"] == 3 * 3  # 3 test images each
 
     def built(trainer, *opts):
-        args = _diff_args(shapes_root, tiny_weights, tmp_path / "x", *opts, trainer=trainer)
+        args = _diff_args(shapes_root, tiny_weights, tmp_path / "x", *scl, *opts, trainer=trainer)
         cfg = setup_cfg(build_parser().parse_args(args))
         set_random_seed(cfg.SEED)
         made = build_trainer(cfg)
