@@ -316,11 +316,20 @@ def _quote(word: str) -> str:
 
 
 def run_protocols(
-    root: str, output: str, trainers, seeds, protocols, extra=(), kind: str = "default"
+    root: str,
+    output: str,
+    trainers,
+    seeds,
+    protocols,
+    extra=(),
+    kind: str = "default",
+    threads: int | None = None,
 ) -> None:
     """base2new and dg for each trainer and seed, through the per-trainer scripts; `extra` are
-    KEY VALUE options added to every run."""
+    KEY VALUE options added to every run; `threads` sets the runs' OMP_NUM_THREADS."""
     env = script_env(root, output, list(extra), kind)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     configs = domain_configs(kind)
     source = source_dataset(kind)
     domains = [configs[d] for d in read_spec(root, kind).domains]
