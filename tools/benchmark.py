@@ -82,6 +82,8 @@ TRAINER_CONFIGS = {
     "IVLPDiff": "IVLPDiff/vit_b16_c2_ep5_batch4_2+2ctx",
     "GenPT": "GenPT/vit_b16_ep50_ctxv1",
     "GenPTDiff": "GenPTDiff/vit_b16_ep50_ctxv1",
+    "PromptSRC": "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx",
+    "PromptSRCDiff": "PromptSRCDiff/vit_b16_c2_ep20_batch4_4+4ctx",
 }
 # per-image text encoding of CoOp's prompt, timed on a CoOpDiff trainer without its sampler
 REFERENCE = "CoCoOp-style"
@@ -302,8 +304,10 @@ def build(name: str, n_classes: int, ws: Workspace, opts: Options, extra: tuple[
     ]  # fmt: skip
     if ws.layers < 12:  # the upstream prompt depths (VPT 12, MaPLe 9) need a ViT-B-deep CLIP
         depth = str(ws.layers)
-        argv += ["TRAINER.VPT.PROMPT_DEPTH_VISION", depth, "TRAINER.MAPLE.PROMPT_DEPTH", depth,
-                 "TRAINER.IVLP.PROMPT_DEPTH_TEXT", depth, "TRAINER.IVLP.PROMPT_DEPTH_VISION", depth]  # fmt: skip
+        argv += ["TRAINER.VPT.PROMPT_DEPTH_VISION", depth, "TRAINER.MAPLE.PROMPT_DEPTH", depth]
+        for key in ("IVLP", "PROMPTSRC"):
+            argv += [f"TRAINER.{key}.PROMPT_DEPTH_TEXT", depth,
+                     f"TRAINER.{key}.PROMPT_DEPTH_VISION", depth]  # fmt: skip
     argv += list(extra)
     cfg = setup_cfg(build_parser().parse_args(argv))
     set_random_seed(cfg.SEED)
