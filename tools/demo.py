@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TRAINERS = ("ZeroshotCLIP", "CoOp", "CoOpDiff")
 # shorter than the protocol's configs (CoOp 50 epochs; CoOpDiff 50 + 10) so that the demo,
-# CLIP pre-training included, fits in 5 minutes on 2 CPU cores; stage 2 keeps its 10 epochs
+# CLIP pre-training included, takes about 5 minutes on 2 CPU cores; stage 2 runs 5 of its 10
 EPOCHS = 20
 STAGE2_EPOCHS = 5
 

@@ -13,8 +13,8 @@
                                                     combination, trained on 16 base shots
 
 Every command takes --world default|percam: `percam` is the world with a camera drawn per image
-(WorldSpec.cameras), under DIR/miniworld_percam with its own CLIP (DIR/miniworld_percam_clip.pt)
-and datasets (configs/datasets/miniworld_percam*.yaml); both worlds may share one --root and one
+(WorldSpec.cameras), under DIR/miniworld_percam with a copy of the default world's CLIP
+(DIR/miniworld_percam_clip.pt: pre-training never sees a camera) and datasets (configs/datasets/miniworld_percam*.yaml); both worlds may share one --root and one
 --output. The CLIP is pre-trained once per machine and recipe (cached in ~/.cache/promptdiff) and
 copied next to the world. See docs/RESULTS_MINIWORLD.md for what these figures are.
 """
@@ -179,12 +179,17 @@ def source_flags(
     ]  # fmt: skip
 
 
+def _all_base_images(root: str, kind: str) -> list[str]:
+    """The world's options plus every training image of the base classes (the checks' data)."""
+    return [*world_opts(root, kind), "DATASET.SUBSAMPLE_CLASSES", "base", "DATASET.NUM_SHOTS", "-1"]
+
+
 def coop_check(
     root: str, workdir: str, epochs: int = 20, kind: str = "default", data_root: str | None = None
 ) -> float:
     """Base accuracy of CoOp trained on every base training image of the world under data_root
     (default: root; the oracle points it at one camera's copy of the splits)."""
-    opts = [*world_opts(root, kind), "DATASET.SUBSAMPLE_CLASSES", "base", "DATASET.NUM_SHOTS", "-1"]
+    opts = _all_base_images(root, kind)
     flags = source_flags(data_root or root, 1, "CoOp", "CoOp/vit_b16_ep50_ctxv1", kind)
     train_py([*flags, "--output-dir", workdir, *opts, "OPTIM.MAX_EPOCH", str(epochs)])
     return _accuracy(workdir)
@@ -192,7 +197,7 @@ def coop_check(
 
 def zero_shot_check(root: str, workdir: str, kind: str = "default") -> float:
     """Base accuracy of ZeroshotCLIP on the world."""
-    opts = [*world_opts(root, kind), "DATASET.SUBSAMPLE_CLASSES", "base", "DATASET.NUM_SHOTS", "-1"]
+    opts = _all_base_images(root, kind)
     flags = source_flags(root, 1, "ZeroshotCLIP", "CoOp/vit_b16_ep50_ctxv1", kind)
     train_py([*flags, "--output-dir", workdir, "--eval-only", *opts])
     return _accuracy(workdir)
@@ -475,6 +480,8 @@ def seed_hm(output: str, trainer: str, cfg: str, seed: int, kind: str) -> float 
 
 # the settings a verdict compares, each (label, ablation folder or None for the main run)
 VERDICT_SETTINGS = (("paper, 5 steps", None), ("shipped, 1 step", "steps_1"))
+# the ablation that reads each checkpoint with its base prompt alone
+BASE_PROMPT = "inference_base"
 
 
 def _settings_root(output: str, ablation: str | None) -> str:
@@ -486,15 +493,16 @@ def generated_minus_base(outputs: dict[str, str], trainers, seeds) -> dict:
     checkpoints' base prompts (ablations/inference_base)]}} for each VERDICT_SETTINGS entry."""
     gaps: dict[tuple[str, str], dict[str, list[float]]] = {}
     for kind, output in outputs.items():
-        base_root = os.path.join(output, "ablations", "inference_base")
+        base_root = _settings_root(output, BASE_PROMPT)
         for trainer in trainers:
             for cfg in config_names(output, "base2new/train_base", source_dataset(kind), trainer):
-                for label, ablation in VERDICT_SETTINGS:
-                    root = _settings_root(output, ablation)
-                    for seed in seeds:
-                        gen = seed_hm(root, trainer, cfg, seed, kind)
-                        base = seed_hm(base_root, trainer, cfg, seed, kind)
-                        if gen is not None and base is not None:
+                for seed in seeds:
+                    base = seed_hm(base_root, trainer, cfg, seed, kind)
+                    if base is None:
+                        continue
+                    for label, ablation in VERDICT_SETTINGS:
+                        gen = seed_hm(_settings_root(output, ablation), trainer, cfg, seed, kind)
+                        if gen is not None:
                             per = gaps.setdefault((kind, label), {})
                             per.setdefault(trainer, []).append(gen - base)
     return gaps
@@ -534,10 +542,10 @@ def verdict_table(output: str, kind: str, pairs, seeds) -> str:
     *Diff under each VERDICT_SETTINGS entry and its base prompt, and shipped minus base / baseline."""
     import numpy as np
 
-    def stats(root, trainer):
+    def per_seed(root, trainer) -> dict[int, float]:
         cfgs = config_names(root, "base2new/train_base", source_dataset(kind), trainer)
-        vals = [seed_hm(root, trainer, cfg, s, kind) for cfg in cfgs[:1] for s in seeds]
-        return [v for v in vals if v is not None]
+        hms = {s: seed_hm(root, trainer, cfg, s, kind) for cfg in cfgs[:1] for s in seeds}
+        return {s: v for s, v in hms.items() if v is not None}
 
     def fmt(vals):
         return f"{np.mean(vals):.2f} ± {np.std(vals):.2f} ({len(vals)})" if vals else "–"
@@ -548,15 +556,15 @@ def verdict_table(output: str, kind: str, pairs, seeds) -> str:
         "|:--|--:|--:|--:|--:|--:|--:|",
     ]
     for baseline, diff in pairs:
-        base_line = stats(output, baseline)
-        paper = stats(output, diff)
-        shipped = stats(_settings_root(output, "steps_1"), diff)
-        own = stats(_settings_root(output, "inference_base"), diff)
-        gap = [a - b for a, b in zip(shipped, own)] if len(shipped) == len(own) else []
-        vs = np.mean(shipped) - np.mean(base_line) if shipped and base_line else None
+        base_line = list(per_seed(output, baseline).values())
+        paper, shipped = (per_seed(_settings_root(output, ab), diff) for _, ab in VERDICT_SETTINGS)
+        own = per_seed(_settings_root(output, BASE_PROMPT), diff)
+        gap = [shipped[s] - own[s] for s in shipped if s in own]  # same checkpoint, same seed
+        vs = np.mean(list(shipped.values())) - np.mean(base_line) if shipped and base_line else None
+        cells = [base_line, list(paper.values()), list(shipped.values()), list(own.values()), gap]
         lines.append(
-            f"| {diff} | {fmt(base_line)} | {fmt(paper)} | {fmt(shipped)} | {fmt(own)} | "
-            f"{fmt(gap)} | {'–' if vs is None else f'{vs:+.2f}'} |"
+            f"| {diff} | {' | '.join(fmt(c) for c in cells)} | "
+            f"{'–' if vs is None else f'{vs:+.2f}'} |"
         )
     return "\n".join(lines)
 
@@ -748,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{kind:8s} {label:16s} {trainer:14s} " + " ".join(f"{v:+.2f}" for v in values)
                 )
-        pairs = [(t[: -len("Diff")], t) for t in trainers if t.endswith("Diff")]
+        pairs = [(split_diff(t)[0], t) for t in trainers if split_diff(t)[1]]
         for kind in WORLD_KINDS:
             print(f"\n{kind} world\n" + verdict_table(args.output, kind, pairs, seeds))
         if args.generated_run:
