@@ -834,10 +834,23 @@ class Check:
         return f"{'PASS' if self.ok else 'FAIL'}  {self.name:<46} {value:>8}   (want {want})"
 
 
+def zero_shot_halves(model, feats, labels, names: list[str], low, high) -> list[Check]:
+    """Zero-shot accuracy on the base and on the new half of the classes (each half's images
+    against its own class names), each a Check wanted within [low, high]."""
+    half = math.ceil(len(names) / 2)
+    checks = []
+    for part, lo, hi in (("base", 0, half), ("new", half, len(names))):
+        mask = (labels >= lo) & (labels < hi)
+        acc = zero_shot_accuracy(model, feats[mask], labels[mask] - lo, names[lo:hi])
+        checks.append(
+            Check(f"zero-shot accuracy, {part} half ({int(mask.sum())} images)", acc, low, high)
+        )
+    return checks
+
+
 def world_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
     """Every figure of the world checks that needs only the CLIP (the CoOp figure is separate)."""
     names = [class_name(c, s) for c, s in classes(spec)]
-    half = math.ceil(len(names) / 2)
     text = text_features(model, [ZS_TEMPLATE.format(n) for n in names])
     cos = text @ text.t()
     cos.fill_diagonal_(-1)
@@ -855,12 +868,7 @@ def world_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
             None,
         )
     )
-    for part, lo, hi in (("base", 0, half), ("new", half, len(names))):
-        mask = (test_y >= lo) & (test_y < hi)
-        acc = zero_shot_accuracy(model, f_test[mask], test_y[mask] - lo, names[lo:hi])
-        checks.append(
-            Check(f"zero-shot accuracy, {part} half ({int(mask.sum())} images)", acc, 45, 80)
-        )
+    checks += zero_shot_halves(model, f_test, test_y, names, 45, 80)
     source = zero_shot_accuracy(model, f_test, test_y, names)
     checks.append(Check(f"zero-shot accuracy, {SOURCE}, all classes", source, None, None))
     for domain in spec.domains:
@@ -932,16 +940,7 @@ def percam_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
             " pts",
         )
     )
-    for part, lo, hi in (("base", 0, half), ("new", half, len(names))):
-        mask = (y_te >= lo) & (y_te < hi)
-        acc = zero_shot_accuracy(model, f_te[mask], y_te[mask] - lo, names[lo:hi])
-        checks.append(
-            Check(
-                f"zero-shot accuracy, {part} half ({int(mask.sum())} images)",
-                acc,
-                *PERCAM_ZERO_SHOT,
-            )
-        )
+    checks += zero_shot_halves(model, f_te, y_te, names, *PERCAM_ZERO_SHOT)
     for k in range(len(spec.cameras)):
         mask = (c_te == k) & (y_te < half)
         acc = zero_shot_accuracy(model, f_te[mask], y_te[mask], names[:half])
