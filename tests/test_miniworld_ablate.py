@@ -76,3 +76,53 @@ def test_ablate_cli_refuses_an_unknown_protocol(tmp_path):
     with pytest.raises(SystemExit, match="--protocols"):
         tmw.main(["ablate", "--root", str(tmp_path), "--output", str(tmp_path),
                   "--protocols", "fewshot"])  # fmt: skip
+
+
+# ---- the verdict's per-seed scores (figures) -----------------------------------------------------
+
+
+def _evaluated(output: str, tree: str, dataset: str, trainer: str, seed: int, acc: float) -> None:
+    run = run_dir(output, tree, dataset, tmw.SHOTS, trainer, CFG, seed)
+    os.makedirs(run, exist_ok=True)
+    with open(os.path.join(run, RESULTS_FILE), "w") as f:
+        f.write(f'{{"accuracy": {acc}}}')
+
+
+def test_dg_score_is_the_mean_over_shifted_domains_and_missing_parts_give_none(tmp_path):
+    out = str(tmp_path)
+    shifted = [d for name, d in tmw.domain_configs("percam").items() if name != mw.SOURCE]
+    accs = [10.0, 20.0, 40.0, 50.0]
+    for dataset, acc in zip(shifted, accs):
+        _evaluated(out, "xd/test", dataset, "CoOpDiff", 1, acc)
+    assert tmw.seed_score(out, "CoOpDiff", CFG, 1, "percam", "dg") == sum(accs) / 4
+    os.remove(os.path.join(run_dir(out, "xd/test", shifted[-1], tmw.SHOTS, "CoOpDiff", CFG, 1),
+                           RESULTS_FILE))  # fmt: skip
+    assert tmw.seed_score(out, "CoOpDiff", CFG, 1, "percam", "dg") is None
+    _evaluated(out, "base2new/train_base", tmw.source_dataset(), "CoOpDiff", 1, 80.0)
+    _evaluated(out, "base2new/test_new", tmw.source_dataset(), "CoOpDiff", 1, 60.0)
+    assert tmw.seed_score(out, "CoOpDiff", CFG, 1, "default") == pytest.approx(2 * 80 * 60 / 140)
+    with pytest.raises(ValueError, match="protocol 'b2n'"):
+        tmw.seed_score(out, "CoOpDiff", CFG, 1, "default", "b2n")
+
+
+def test_dg_gaps_pair_each_seed_with_its_own_base_prompt(tmp_path):
+    """Generated minus base prompt per seed, read from the main runs and the ablations' roots
+    (which hold only evaluations), for the dg protocol."""
+    out = str(tmp_path)
+    shifted = [d for name, d in tmw.domain_configs().items() if name != mw.SOURCE]
+    base_root = os.path.join(out, "ablations", tmw.BASE_PROMPT)
+    shipped_root = os.path.join(out, "ablations", "steps_1")
+    for seed, (paper, shipped, base) in {1: (50, 55, 52), 3: (40, 47, 41)}.items():
+        for dataset in shifted:
+            _evaluated(out, "xd/test", dataset, "GenPTDiff", seed, paper)
+            _evaluated(shipped_root, "xd/test", dataset, "GenPTDiff", seed, shipped)
+            _evaluated(base_root, "xd/test", dataset, "GenPTDiff", seed, base)
+    gaps = tmw.generated_minus_base({"default": out}, ["GenPTDiff"], [1, 2, 3], "dg")
+    assert gaps[("default", "paper, 5 steps")]["GenPTDiff"] == [-2, -1]
+    assert gaps[("default", "shipped, 1 step")]["GenPTDiff"] == [3, 6]
+    assert tmw.generated_minus_base({"default": out}, ["GenPTDiff"], [1, 2, 3]) == {}
+    row = tmw.verdict_table(out, "default", [("GenPT", "GenPTDiff")], [1, 2, 3], "dg")
+    assert (
+        "| GenPTDiff | – | 45.00 ± 5.00 (2) | 51.00 ± 4.00 (2) | 46.50 ± 5.50 (2) | 4.50 ± 1.50 (2) | – |"
+        in row
+    )

@@ -465,17 +465,40 @@ def ablation_table(output: str, trainers, seeds, kind: str = "default") -> str:
     return "\n".join(lines)
 
 
-def seed_hm(output: str, trainer: str, cfg: str, seed: int, kind: str) -> float | None:
-    """HM of one seed's Base and New accuracy of a base2new run under output, None if missing."""
+def _protocol_parts(kind: str, protocol: str) -> list[tuple[str, str]]:
+    """(tree, dataset) of each evaluation a seed's headline figure is made of: base2new, the base
+    and the new half of the source domain; dg, each shifted domain."""
+    source = source_dataset(kind)
+    if protocol == "base2new":
+        return [("base2new/train_base", source), ("base2new/test_new", source)]
+    if protocol == "dg":
+        return [("xd/test", d) for name, d in domain_configs(kind).items() if name != mw.SOURCE]
+    raise ValueError(f"protocol {protocol!r}: use base2new or dg.")
+
+
+def seed_score(
+    output: str, trainer: str, cfg: str, seed: int, kind: str, protocol: str = "base2new"
+) -> float | None:
+    """One seed's headline figure of a run under output, None if a part is missing: base2new, the
+    HM of its Base and New accuracy; dg, its mean accuracy over the shifted domains."""
     accs = []
-    for part in ("train_base", "test_new"):
-        run = run_dir(output, f"base2new/{part}", source_dataset(kind), SHOTS, trainer, cfg, seed)
+    for tree, dataset in _protocol_parts(kind, protocol):
+        run = run_dir(output, tree, dataset, SHOTS, trainer, cfg, seed)
         path = Path(run) / RESULTS_FILE
         parsed = read_record(path) if path.is_file() else None
         if parsed is None or "accuracy" not in parsed[0]:
             return None
         accs.append(parsed[0]["accuracy"])
+    if protocol == "dg":
+        return sum(accs) / len(accs)
     return 2 * accs[0] * accs[1] / (accs[0] + accs[1])
+
+
+def scored_configs(output: str, trainer: str, kind: str, protocol: str) -> list[str]:
+    """The config folders of `trainer`'s evaluations under output (a main run's root or an
+    ablation's, which holds evaluations only) in the protocol's first evaluation tree."""
+    tree, dataset = _protocol_parts(kind, protocol)[0]
+    return config_names(output, tree, dataset, trainer)
 
 
 # the settings a verdict compares, each (label, ablation folder or None for the main run)
@@ -488,28 +511,33 @@ def _settings_root(output: str, ablation: str | None) -> str:
     return output if ablation is None else os.path.join(output, "ablations", ablation)
 
 
-def generated_minus_base(outputs: dict[str, str], trainers, seeds) -> dict:
-    """{(world, setting): {trainer: [per-seed HM of the generated prompts minus HM of the same
-    checkpoints' base prompts (ablations/inference_base)]}} for each VERDICT_SETTINGS entry."""
+def generated_minus_base(
+    outputs: dict[str, str], trainers, seeds, protocol: str = "base2new"
+) -> dict:
+    """{(world, setting): {trainer: [per-seed score (seed_score) of the generated prompts minus
+    that of the same checkpoints' base prompts (ablations/inference_base)]}} for each
+    VERDICT_SETTINGS entry."""
     gaps: dict[tuple[str, str], dict[str, list[float]]] = {}
     for kind, output in outputs.items():
         base_root = _settings_root(output, BASE_PROMPT)
         for trainer in trainers:
-            for cfg in config_names(output, "base2new/train_base", source_dataset(kind), trainer):
+            for cfg in scored_configs(output, trainer, kind, protocol):
                 for seed in seeds:
-                    base = seed_hm(base_root, trainer, cfg, seed, kind)
+                    base = seed_score(base_root, trainer, cfg, seed, kind, protocol)
                     if base is None:
                         continue
                     for label, ablation in VERDICT_SETTINGS:
-                        gen = seed_hm(_settings_root(output, ablation), trainer, cfg, seed, kind)
+                        root = _settings_root(output, ablation)
+                        gen = seed_score(root, trainer, cfg, seed, kind, protocol)
                         if gen is not None:
                             per = gaps.setdefault((kind, label), {})
                             per.setdefault(trainer, []).append(gen - base)
     return gaps
 
 
-def plot_gaps(gaps: dict, out: str) -> None:
-    """Bar chart: per host, world and setting, mean generated-minus-base HM over seeds, ± std."""
+def plot_gaps(gaps: dict, out: str, score: str = "HM") -> None:
+    """Bar chart: per host, world and setting, the mean over seeds of generated-minus-base `score`
+    (generated_minus_base), ± std."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -528,7 +556,7 @@ def plot_gaps(gaps: dict, out: str) -> None:
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{kind} world, {label}")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(np.arange(len(trainers)), trainers, rotation=20)
-    ax.set_ylabel("HM: generated - own base prompt")
+    ax.set_ylabel(f"{score}: generated - own base prompt")
     ax.set_title(
         "Each checkpoint's generated prompts against its own base prompt (mean ± std, seeds)"
     )
@@ -537,15 +565,18 @@ def plot_gaps(gaps: dict, out: str) -> None:
     save_figure(fig, out, 150)
 
 
-def verdict_table(output: str, kind: str, pairs, seeds) -> str:
-    """Markdown: per host (baseline, *Diff), HM (mean of per-seed HM ± std) of the baseline, the
-    *Diff under each VERDICT_SETTINGS entry and its base prompt, and shipped minus base / baseline."""
+def verdict_table(output: str, kind: str, pairs, seeds, protocol: str = "base2new") -> str:
+    """Markdown: per host (baseline, *Diff), the mean ± std over seeds of seed_score (base2new HM,
+    or dg's shifted-domain average) of the baseline, the *Diff under each VERDICT_SETTINGS entry
+    and its base prompt, and shipped minus base (per seed) and minus baseline (of the means)."""
     import numpy as np
 
     def per_seed(root, trainer) -> dict[int, float]:
-        cfgs = config_names(root, "base2new/train_base", source_dataset(kind), trainer)
-        hms = {s: seed_hm(root, trainer, cfg, s, kind) for cfg in cfgs[:1] for s in seeds}
-        return {s: v for s, v in hms.items() if v is not None}
+        cfgs = scored_configs(root, trainer, kind, protocol)
+        got = {
+            s: seed_score(root, trainer, cfg, s, kind, protocol) for cfg in cfgs[:1] for s in seeds
+        }
+        return {s: v for s, v in got.items() if v is not None}
 
     def fmt(vals):
         return f"{np.mean(vals):.2f} ± {np.std(vals):.2f} ({len(vals)})" if vals else "–"
@@ -745,20 +776,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "figures":
         seeds = [int(s) for s in args.seeds.split(",")]
         trainers = [t for t in args.trainers.split(",") if t]
-        gaps = generated_minus_base(dict.fromkeys(WORLD_KINDS, args.output), trainers, seeds)
+        outputs = dict.fromkeys(WORLD_KINDS, args.output)
+        gaps = generated_minus_base(outputs, trainers, seeds)
         if not gaps:
             raise SystemExit(
                 f"error: no base2new runs with an inference_base ablation under {args.output}."
             )
+        dg_gaps = generated_minus_base(outputs, trainers, seeds, "dg")
         plot_gaps(gaps, os.path.join(args.out_dir, "generated_minus_base.png"))
-        for (kind, label), per in sorted(gaps.items()):
-            for trainer, values in per.items():
-                print(
-                    f"{kind:8s} {label:16s} {trainer:14s} " + " ".join(f"{v:+.2f}" for v in values)
-                )
+        if dg_gaps:
+            out = os.path.join(args.out_dir, "generated_minus_base_dg.png")
+            plot_gaps(dg_gaps, out, "DG target average")
+        for protocol, found in (("base2new", gaps), ("dg", dg_gaps)):
+            for (kind, label), per in sorted(found.items()):
+                for trainer, values in per.items():
+                    print(
+                        f"{protocol:8s} {kind:8s} {label:16s} {trainer:14s} "
+                        + " ".join(f"{v:+.2f}" for v in values)
+                    )
         pairs = [(split_diff(t)[0], t) for t in trainers if split_diff(t)[1]]
-        for kind in WORLD_KINDS:
-            print(f"\n{kind} world\n" + verdict_table(args.output, kind, pairs, seeds))
+        for protocol, found in (("base2new", gaps), ("dg", dg_gaps)):
+            for kind in sorted({k for k, _ in found}):
+                table = verdict_table(args.output, kind, pairs, seeds, protocol)
+                print(f"\n{kind} world, {protocol}\n{table}")
         if args.generated_run:
             out = os.path.join(args.out_dir, f"generated_residuals_{args.world}.png")
             plot_generated(args.root, args.generated_run, out, args.world)
