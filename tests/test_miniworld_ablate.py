@@ -126,3 +126,17 @@ def test_dg_gaps_pair_each_seed_with_its_own_base_prompt(tmp_path):
         "| GenPTDiff | – | 45.00 ± 5.00 (2) | 51.00 ± 4.00 (2) | 46.50 ± 5.50 (2) | 4.50 ± 1.50 (2) | – |"
         in row
     )
+
+
+def test_verdict_compares_shipped_and_baseline_over_the_seeds_both_have(tmp_path):
+    out = str(tmp_path)
+    shipped_root = os.path.join(out, "ablations", "steps_1")
+    shifted = [d for name, d in tmw.domain_configs().items() if name != mw.SOURCE]
+    for dataset in shifted:
+        for seed, acc in {1: 30.0, 2: 50.0}.items():  # seed 2: baseline only
+            _evaluated(out, "xd/test", dataset, "GenPT", seed, acc)
+        _evaluated(shipped_root, "xd/test", dataset, "GenPTDiff", 1, 33.0)
+    row = tmw.verdict_table(out, "default", [("GenPT", "GenPTDiff")], [1, 2], "dg")
+    assert row.splitlines()[-1] == (
+        "| GenPTDiff | 40.00 ± 10.00 (2) | – | 33.00 ± 0.00 (1) | – | – | +3.00 |"
+    )

@@ -568,7 +568,8 @@ def plot_gaps(gaps: dict, out: str, score: str = "HM") -> None:
 def verdict_table(output: str, kind: str, pairs, seeds, protocol: str = "base2new") -> str:
     """Markdown: per host (baseline, *Diff), the mean ± std over seeds of seed_score (base2new HM,
     or dg's shifted-domain average) of the baseline, the *Diff under each VERDICT_SETTINGS entry
-    and its base prompt, and shipped minus base (per seed) and minus baseline (of the means)."""
+    and its base prompt, and shipped minus base (per seed) and minus baseline (the mean
+    difference over the seeds both have)."""
     import numpy as np
 
     def per_seed(root, trainer) -> dict[int, float]:
@@ -587,12 +588,15 @@ def verdict_table(output: str, kind: str, pairs, seeds, protocol: str = "base2ne
         "|:--|--:|--:|--:|--:|--:|--:|",
     ]
     for baseline, diff in pairs:
-        base_line = list(per_seed(output, baseline).values())
+        base_line = per_seed(output, baseline)
         paper, shipped = (per_seed(_settings_root(output, ab), diff) for _, ab in VERDICT_SETTINGS)
         own = per_seed(_settings_root(output, BASE_PROMPT), diff)
         gap = [shipped[s] - own[s] for s in shipped if s in own]  # same checkpoint, same seed
-        vs = np.mean(list(shipped.values())) - np.mean(base_line) if shipped and base_line else None
-        cells = [base_line, list(paper.values()), list(shipped.values()), list(own.values()), gap]
+        # the means over the seeds both have: a seed only one of them has would shift one mean
+        common = [s for s in shipped if s in base_line]
+        vs = np.mean([shipped[s] - base_line[s] for s in common]) if common else None
+        cells = [base_line, paper, shipped, own]
+        cells = [list(c.values()) for c in cells] + [gap]
         lines.append(
             f"| {diff} | {' | '.join(fmt(c) for c in cells)} | "
             f"{'–' if vs is None else f'{vs:+.2f}'} |"
