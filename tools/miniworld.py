@@ -786,7 +786,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(
                 f"error: no base2new runs with an inference_base ablation under {args.output}."
             )
-        dg_gaps = generated_minus_base(outputs, trainers, seeds, "dg")
+        # DG of the --world only: the other world's DG runs may have been read with other steps
+        dg_gaps = generated_minus_base({args.world: args.output}, trainers, seeds, "dg")
         plot_gaps(gaps, os.path.join(args.out_dir, "generated_minus_base.png"))
         if dg_gaps:
             out = os.path.join(args.out_dir, "generated_minus_base_dg.png")
