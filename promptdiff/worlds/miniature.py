@@ -941,8 +941,10 @@ def percam_checks(folder: str, model, spec: WorldSpec) -> list[Check]:
         )
     )
     checks += zero_shot_halves(model, f_te, y_te, names, *PERCAM_ZERO_SHOT)
-    for k in range(len(spec.cameras)):
-        mask = (c_te == k) & (y_te < half)
-        acc = zero_shot_accuracy(model, f_te[mask], y_te[mask], names[:half])
-        checks.append(Check(f"zero-shot accuracy, base half, camera {k}", acc, None, None))
+    # per camera on the base half (base-to-new's classes) and on all classes (DG's source test)
+    for part, n in (("base half", half), ("all classes", len(names))):
+        for k in range(len(spec.cameras)):
+            mask = (c_te == k) & (y_te < n)
+            acc = zero_shot_accuracy(model, f_te[mask], y_te[mask], names[:n])
+            checks.append(Check(f"zero-shot accuracy, {part}, camera {k}", acc, None, None))
     return checks
