@@ -791,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_gaps(gaps, os.path.join(args.out_dir, "generated_minus_base.png"))
         if dg_gaps:
             out = os.path.join(args.out_dir, "generated_minus_base_dg.png")
-            plot_gaps(dg_gaps, out, "DG target average")
+            plot_gaps(dg_gaps, out, "DG average")
         for protocol, found in (("base2new", gaps), ("dg", dg_gaps)):
             for (kind, label), per in sorted(found.items()):
                 for trainer, values in per.items():
