@@ -73,6 +73,12 @@ def domain_configs(kind: str = "default") -> dict[str, str]:
     return {d: src if d == mw.SOURCE else f"{src}_{d}" for d in mw.DOMAINS}
 
 
+def shifted_datasets(kind: str = "default", domains=mw.DOMAINS) -> list[str]:
+    """The dataset config names of `domains` other than the source (DG's targets), in order."""
+    configs = domain_configs(kind)
+    return [configs[d] for d in domains if d != mw.SOURCE]
+
+
 # what every run on the world needs on top of the trainer configs: the world's CLIP and its
 # 32-pixel input, fp32 on the CPU, and no loader workers (bit-for-bit repeatable on the CPU)
 
@@ -370,7 +376,7 @@ def tables(
             sel.datasets = [source_dataset(kind)]
         if protocol == "dg":
             sel.source = source_dataset(kind)
-            sel.datasets = [domain_configs(kind)[d] for d in domains if d != mw.SOURCE]
+            sel.datasets = shifted_datasets(kind, domains)
         try:
             out.append(render(build_tables(output, protocol, sel), "markdown", std))
         except ResultsError as exc:
@@ -405,8 +411,7 @@ def ablate(
     domain into OUTPUT/ablations/<name>/xd/test/...; the same folders as the main runs'."""
     opts = world_opts(root, kind)
     source = source_dataset(kind)
-    configs = domain_configs(kind)
-    targets = [configs[d] for d in read_spec(root, kind).domains if configs[d] != source]
+    targets = shifted_datasets(kind, read_spec(root, kind).domains)
     # (protocol's train tree, [(test tree, dataset, SUBSAMPLE_CLASSES)]) of each protocol
     plans = {
         "base2new": ("base2new/train_base",
@@ -472,7 +477,7 @@ def _protocol_parts(kind: str, protocol: str) -> list[tuple[str, str]]:
     if protocol == "base2new":
         return [("base2new/train_base", source), ("base2new/test_new", source)]
     if protocol == "dg":
-        return [("xd/test", d) for name, d in domain_configs(kind).items() if name != mw.SOURCE]
+        return [("xd/test", d) for d in shifted_datasets(kind)]
     raise ValueError(f"protocol {protocol!r}: use base2new or dg.")
 
 
@@ -595,8 +600,7 @@ def verdict_table(output: str, kind: str, pairs, seeds, protocol: str = "base2ne
         # the means over the seeds both have: a seed only one of them has would shift one mean
         common = [s for s in shipped if s in base_line]
         vs = np.mean([shipped[s] - base_line[s] for s in common]) if common else None
-        cells = [base_line, paper, shipped, own]
-        cells = [list(c.values()) for c in cells] + [gap]
+        cells = [list(c.values()) for c in (base_line, paper, shipped, own)] + [gap]
         lines.append(
             f"| {diff} | {' | '.join(fmt(c) for c in cells)} | "
             f"{'–' if vs is None else f'{vs:+.2f}'} |"
