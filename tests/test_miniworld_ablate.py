@@ -140,3 +140,28 @@ def test_verdict_compares_shipped_and_baseline_over_the_seeds_both_have(tmp_path
     assert row.splitlines()[-1] == (
         "| GenPTDiff | 40.00 ± 10.00 (2) | – | 33.00 ± 0.00 (1) | – | – | +3.00 |"
     )
+
+
+def test_figures_reads_both_worlds_dg_runs_under_one_output(tmp_path, monkeypatch, capsys):
+    """`figures` plots and tabulates DG gaps for each world whose runs are under --output, as it
+    does for base2new."""
+    out = str(tmp_path)
+    base_root = os.path.join(out, "ablations", tmw.BASE_PROMPT)
+    for kind, gen in (("default", 60.0), ("percam", 30.0)):
+        source = tmw.source_dataset(kind)
+        for tree in ("base2new/train_base", "base2new/test_new"):
+            _evaluated(out, tree, source, "CoOpDiff", 1, 90.0)
+            _evaluated(base_root, tree, source, "CoOpDiff", 1, 80.0)
+        for dataset in tmw.shifted_datasets(kind):
+            _evaluated(out, "xd/test", dataset, "CoOpDiff", 1, gen)
+            _evaluated(base_root, "xd/test", dataset, "CoOpDiff", 1, gen - 1)
+    plotted = {}
+    monkeypatch.setattr(
+        tmw, "plot_gaps", lambda gaps, path, score="HM": plotted.update({path: gaps})
+    )
+    tmw.main(["figures", "--root", "R", "--output", out, "--seeds", "1", "--trainers", "CoOpDiff",
+              "--out-dir", out])  # fmt: skip
+    dg = plotted[os.path.join(out, "generated_minus_base_dg.png")]
+    assert dg == {(k, "paper, 5 steps"): {"CoOpDiff": [1.0]} for k in ("default", "percam")}
+    printed = capsys.readouterr().out
+    assert "default world, dg" in printed and "percam world, dg" in printed

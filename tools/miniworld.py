@@ -739,7 +739,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "check":
             p.add_argument("--no-coop", action="store_true", help="skip the CoOp training check")
         if name == "figures":
-            p.add_argument("--output", required=True, help="output root of both worlds' runs")
+            p.add_argument(
+                "--output",
+                required=True,
+                help="output root of both worlds' runs (*Diff runs made with TRAINER.PD.STEPS 5, "
+                "then ablate inference_base,steps_1)",
+            )
             p.add_argument("--seeds", default="1,2,3")
             p.add_argument("--trainers", default=",".join(DIFF_TRAINERS))
             p.add_argument("--out-dir", default=os.path.join(ROOT, "docs", "figures"))
@@ -790,8 +795,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(
                 f"error: no base2new runs with an inference_base ablation under {args.output}."
             )
-        # DG of the --world only: the other world's DG runs may have been read with other steps
-        dg_gaps = generated_minus_base({args.world: args.output}, trainers, seeds, "dg")
+        dg_gaps = generated_minus_base(outputs, trainers, seeds, "dg")
         plot_gaps(gaps, os.path.join(args.out_dir, "generated_minus_base.png"))
         if dg_gaps:
             out = os.path.join(args.out_dir, "generated_minus_base_dg.png")
