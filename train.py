@@ -118,6 +118,16 @@ def check_eval_args(args, trainer_class) -> None:
         )
 
 
+def trainer_namespaces(cfg) -> tuple[str, ...] | None:
+    """The TRAINER.<NS> blocks cfg's trainer reads (None: unknown trainer, compare all)."""
+    import promptdiff.trainers  # noqa: F401  (registers the trainers)
+    from promptdiff.host import TRAINER_REGISTRY
+
+    if cfg.TRAINER.NAME not in TRAINER_REGISTRY.registered_names():
+        return None
+    return TRAINER_REGISTRY.get(cfg.TRAINER.NAME).config_namespaces()
+
+
 def same_run(cfg) -> int:
     """--same-run: compare OUTPUT_DIR/results.json's recorded run config with `cfg`."""
     from promptdiff.engine.runinfo import differences, run_config, summarize
@@ -129,7 +139,7 @@ def same_run(cfg) -> int:
     except (OSError, ValueError):
         print(f"No readable results in {path}.", file=sys.stderr)
         return 1
-    diffs = differences(saved or {}, run_config(cfg))
+    diffs = differences(saved or {}, run_config(cfg), namespaces=trainer_namespaces(cfg))
     if diffs:
         print(
             f"error: {cfg.OUTPUT_DIR} holds the results of a run with other options "
@@ -166,7 +176,10 @@ def check_eval_output(cfg) -> None:
     mine = run_record(cfg)
     theirs = saved.get("fingerprint") if isinstance(saved, dict) else None
     if theirs and theirs != mine["fingerprint"]:
-        diffs = differences(saved.get("run_config") or {}, mine["config"])
+        recorded = saved.get("run_config") or {}
+        diffs = differences(recorded, mine["config"], namespaces=trainer_namespaces(cfg))
+        if not diffs and differences(recorded, mine["config"]):
+            return  # only another trainer's TRAINER.<NS> options differ
         why = summarize(diffs) if diffs else f"fingerprint {theirs}, this run {mine['fingerprint']}"
         raise RuntimeError(
             f"{path} holds the results of a run with other options ({why}); evaluate into "

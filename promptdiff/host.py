@@ -93,6 +93,7 @@ elif HOST == "dassl":
         check_trainer = _builtin.SimpleTrainer.check_trainer
         accepts_checkpoint_of = _builtin.SimpleTrainer.accepts_checkpoint_of
         check_run_identity = _builtin.SimpleTrainer.check_run_identity
+        config_namespaces = _builtin.SimpleTrainer.config_namespaces
         trained_epochs = _builtin.SimpleTrainer.trained_epochs
         evaluated_epoch = None
         before_test = _builtin.SimpleTrainer.before_test

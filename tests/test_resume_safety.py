@@ -260,8 +260,8 @@ def test_resume_with_other_options_is_refused(coop_run, shapes_root, tiny_weight
 def test_eval_only_refuses_training_options_but_not_data_or_test_keys(
     coop_run, shapes_root, tiny_weights, tmp_path, capsys
 ):
-    def evaluate(*extra, weights=tiny_weights, **kw) -> int:
-        args = _coop_args(shapes_root, weights, str(tmp_path / "ev"), *extra, **kw)
+    def evaluate(*extra, weights=tiny_weights, out="ev", **kw) -> int:
+        args = _coop_args(shapes_root, weights, str(tmp_path / out), *extra, **kw)
         return cli(["--eval-only", "--model-dir", coop_run, "--load-epoch", "2", *args])
 
     assert evaluate("DATASET.NUM_SHOTS", "4") == 1
@@ -275,6 +275,19 @@ def test_eval_only_refuses_training_options_but_not_data_or_test_keys(
     assert evaluate("DATASET.SUBSAMPLE_CLASSES", "new", "TRAINER.COOP.PREC", "fp16",
                     "TEST.PER_CLASS_RESULT", "True", "DATALOADER.TEST.BATCH_SIZE", "5") == 0  # fmt: skip
     assert read_results(str(tmp_path / "ev"))["epoch"] == 2
+    # another trainer's block does not define CoOp's model; CoOp's own block does
+    assert evaluate("TRAINER.COOP.CLASS_TOKEN_POSITION", "middle") == 1
+    assert "TRAINER.COOP.CLASS_TOKEN_POSITION: 'end' -> 'middle'" in _error(capsys)
+    assert evaluate("TRAINER.IVLP.N_CTX_TEXT", "4", "TRAINER.PD.DIFF_WEIGHT", "3", out="ev2") == 0
+
+
+def test_same_run_ignores_other_trainers_blocks(coop_run, shapes_root, tiny_weights, capsys):
+    """--same-run (the scripts' skip test) compares CoOp's own options only."""
+    foreign = ("TRAINER.MAPLE.N_CTX", "5", "TRAINER.PD.DIFF_WEIGHT", "3")
+    args = _coop_args(shapes_root, tiny_weights, coop_run, *foreign)
+    assert cli(["--same-run", *args]) == 0
+    own = _coop_args(shapes_root, tiny_weights, coop_run, "TRAINER.COOP.N_CTX", "8")
+    assert cli(["--same-run", *own]) == 3
 
 
 # ---- strict loads ----------------------------------------------------------------------------

@@ -197,6 +197,7 @@ class PromptDiffusionMixin:
     """Mix in before a ClipPromptTrainer subclass: `class CoOpDiff(PromptDiffusionMixin, CoOp)`."""
 
     model: DiffusionHooks
+    CFG_ALSO_READS = ("PD",)
 
     def check_cfg(self, cfg) -> None:
         super().check_cfg(cfg)

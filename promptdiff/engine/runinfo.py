@@ -82,17 +82,29 @@ def run_record(cfg) -> dict:
     return {"fingerprint": fingerprint(config), "config": config}
 
 
-def differences(saved: dict, current: dict, for_eval: bool = False) -> list[str]:
+def differences(
+    saved: dict, current: dict, for_eval: bool = False, namespaces: tuple[str, ...] | None = None
+) -> list[str]:
     """'KEY: saved -> now' for every run-defining key both configs have and that differs (a key
-    saved under an old name is compared under its new one)."""
+    saved under an old name is compared under its new one). With `namespaces` (the trainer's own,
+    e.g. ("COOP", "PD")), keys of other TRAINER.<NS> blocks are left out: another trainer's
+    options do not change this trainer's model."""
     saved = {RENAMED_KEYS.get(k, k): v for k, v in saved.items()}
     out = []
     for key in sorted(set(saved) & set(current)):
         if for_eval and _is_eval_free(key):
             continue
+        if namespaces is not None and _foreign(key, namespaces):
+            continue
         if saved[key] != current[key]:
             out.append(f"{key}: {saved[key]!r} -> {current[key]!r}")
     return out
+
+
+def _foreign(key: str, namespaces: tuple[str, ...]) -> bool:
+    """Whether key lies in a TRAINER.<NS> block other than `namespaces` (TRAINER.NAME does not)."""
+    parts = key.split(".")
+    return len(parts) > 2 and parts[0] == "TRAINER" and parts[1] not in namespaces
 
 
 def _is_eval_free(key: str) -> bool:

@@ -640,6 +640,12 @@ class SimpleTrainer(TrainerBase):
             "param_norm0": self.norm0 or None,
         }
 
+    @classmethod
+    def config_namespaces(cls) -> tuple[str, ...] | None:
+        """The TRAINER.<NS> blocks this trainer reads (run identity compares only these); None:
+        all of them."""
+        return None
+
     def weights_identity(self) -> dict | None:
         """{path, size, sha256} of the pretrained weights the model is built on (None: none)."""
         return None
@@ -660,7 +666,12 @@ class SimpleTrainer(TrainerBase):
         run = saved.get("run") or {}
         if not run.get("config"):
             return  # written before run fingerprints existed: nothing to compare
-        diffs = differences(run["config"], run_record(self.cfg)["config"], for_eval=evaluating)
+        diffs = differences(
+            run["config"],
+            run_record(self.cfg)["config"],
+            for_eval=evaluating,
+            namespaces=self.config_namespaces(),
+        )
         mine, theirs = self.weights_identity(), saved.get("clip_weights")
         if mine and theirs and mine["sha256"] != theirs["sha256"]:
             diffs.append(
