@@ -117,6 +117,8 @@ def test_span_targets_in_training_are_orthogonal_to_the_class_mean(
         (("TRAINER.PD.OVERFIT_TARGET", "margin"), "TRAINER.PD.OVERFIT_TARGET 'margin' is unknown"),
         (("TRAINER.PD.OVERFIT_CONFIDENT", "0.0"), "TRAINER.PD.OVERFIT_CONFIDENT must lie in (0, 1]"),
         (("TRAINER.PD.OVERFIT_VIEWS", "0"), "TRAINER.PD.OVERFIT_VIEWS must be >= 1"),
+        (("TRAINER.PD.OVERFIT_NEIGHBOURS", "0"), "TRAINER.PD.OVERFIT_NEIGHBOURS must be >= 1"),
+        (("TRAINER.PD.OVERFIT_TARGET", "near"), "TRAINER.PD.OVERFIT_TARGET 'near' is unknown"),
     ],
 )  # fmt: skip
 def test_bad_target_keys_are_one_sentence(shapes_root, tiny_weights, tmp_path, opts, words):
@@ -305,3 +307,59 @@ def test_tune_inference_equals_a_hand_tuning(shapes_root, tiny_weights, tmp_path
         hand = model.logits_for(image, cond, base + fit.targets)
         plain = model.logits_for(image, cond, base)
     assert torch.equal(tuned, hand) and not torch.equal(tuned, plain)
+
+
+# ---- neighbourhood targets (OVERFIT_TARGET neighbours) ------------------------------------------
+
+
+@pytest.fixture
+def neighbour_trainer(shapes_root, tiny_weights, tmp_path):
+    opts = (*FAST, "TRAINER.PD.OVERFIT_TARGET", "neighbours", "TRAINER.PD.OVERFIT_NEIGHBOURS", "2",
+            "TRAINER.PD.OVERFIT_CLASSES", "0")  # fmt: skip
+    trainer = _build(_args(shapes_root, tiny_weights, tmp_path, *opts))
+    trainer.set_model_mode("train")
+    image, label = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
+    with torch.no_grad():
+        cond = trainer.model.condition(image)
+    return trainer, image, label, cond, trainer.model.base_prompt(cond).detach()
+
+
+def test_neighbour_targets_never_read_their_own_label(neighbour_trainer):
+    trainer, image, label, cond, base = neighbour_trainer
+    fit, _ = trainer.overfit(image, label, cond, base)
+    i = 0
+    changed = label.clone()
+    changed[i] = (label[i] + 1) % trainer.num_classes
+    again, _ = trainer.overfit(image, changed, cond, base)
+    assert torch.equal(again.targets[i], fit.targets[i])
+    # the copies whose neighbourhood holds image i do read its label
+    rows, k = trainer.overfit_rows(cond, trainer.cfg.TRAINER.PD)
+    readers = [j for j in range(len(label)) if i in rows[j * k : (j + 1) * k].tolist()]
+    assert readers and all(not torch.equal(again.targets[j], fit.targets[j]) for j in readers)
+    assert fit.mean_after < fit.mean_before
+
+
+def test_neighbour_targets_equal_a_hand_over_fitting(neighbour_trainer):
+    """Copy i over-fitted on the mean cross-entropy of its 2 nearest other images (cosine of the
+    condition feature), each scored with its own base prompt plus copy i's residual."""
+    trainer, image, label, cond, base = neighbour_trainer
+    fit, _ = trainer.overfit(image, label, cond, base)
+    sim = (
+        torch.nn.functional.normalize(cond, dim=-1) @ torch.nn.functional.normalize(cond, dim=-1).T
+    )
+    sim.fill_diagonal_(-float("inf"))
+    i = 1
+    near = sim[i].topk(2).indices.sort().values
+    rows, k = trainer.overfit_rows(cond, trainer.cfg.TRAINER.PD)
+    assert k == 2 and rows[i * k : (i + 1) * k].tolist() == near.tolist()
+
+    def loss(delta):  # one copy, alone: a batch of 1 over the two neighbours
+        logits = trainer.model.logits_for(
+            image[near], cond[near], base[near] + delta.expand(2, *delta.shape[1:])
+        )
+        return torch.nn.functional.cross_entropy(logits.float(), label[near]).reshape(1)
+
+    pd = trainer.cfg.TRAINER.PD
+    zero = torch.zeros_like(base[0])
+    hand = overfit_per_sample(loss, zero, 1, pd.OVERFIT_STEPS, 0.01, pd.OVERFIT_OPTIM)
+    torch.testing.assert_close(fit.targets[i], hand.targets[0], rtol=1e-5, atol=1e-6)

@@ -34,6 +34,7 @@ from promptdiff.diffusion import (
     check_steps,
     fit_figures,
     fit_sums,
+    nearest_rows,
     neighbour_context,
     overfit_per_sample,
     prompt_to_target,
@@ -49,7 +50,7 @@ from promptdiff.trainers.overfit_entropy import entropy_loss
 from promptdiff.trainers.prompted import DiffusionHooks
 
 INFERENCE_MODES = ("sample", "base", "mean", "tune")
-OVERFIT_TARGETS = ("label", "entropy")
+OVERFIT_TARGETS = ("label", "entropy", "neighbours")
 # TRAINER.PD.CE_FROM: which one-step estimate stage 2's cross-entropy goes through
 CE_SOURCES = ("noised", "start")
 # where SET_CONTEXT's neighbours come from at test time (see PromptDiffusionMixin.build_context_pool)
@@ -127,8 +128,11 @@ declare_keys(
     # mu_y the running mean residual of class y; mu_y is never added back (test labels are unknown)
     CENTER="none",
     # label (cross-entropy with the label) | entropy (label-free: marginal entropy of the most
-    # confident augmented views, as test-time prompt tuning does)
+    # confident augmented views, as test-time prompt tuning does) | neighbours (cross-entropy of
+    # the image's OVERFIT_NEIGHBOURS nearest other images of the batch, with their labels, never
+    # its own: what its neighbourhood, e.g. its camera, needs rather than its class)
     OVERFIT_TARGET="label",
+    OVERFIT_NEIGHBOURS=4,
     OVERFIT_VIEWS=8,  # entropy: views per image (view 0 is the image itself)
     OVERFIT_CONFIDENT=0.25,  # entropy: fraction of the views kept, the lowest-entropy ones
 )
@@ -150,6 +154,7 @@ class OverfitStats:
         self.n = 0
         self.before = self.after = self.correct = self.residual_sq = self.prompt_sq = 0.0
         self.entropy = pd is not None and pd.OVERFIT_TARGET == "entropy"
+        self.neighbours = pd is not None and pd.OVERFIT_TARGET == "neighbours"
         self.center = "none" if pd is None else pd.CENTER
         self.energy_in = self.energy_out = 0.0
 
@@ -171,6 +176,7 @@ class OverfitStats:
         acc = 100 * self.correct / self.n
         ratio = (self.residual_sq / max(self.prompt_sq, 1e-24)) ** 0.5
         what = "entropy (label-free)" if self.entropy else "loss"
+        what += " on its neighbours" if self.neighbours else ""
         log(
             f"Over-fitting in epoch {epoch}/{max_epoch}: per-sample {what} {before:.4f} -> "
             f"{after:.4f} ({drop:.1%} lower), per-sample accuracy {acc:.1f}%, "
@@ -259,6 +265,7 @@ class PromptDiffusionMixin:
             "DIFFUSE_LAYERS": 0,
             "OVERFIT_CLASSES": 0,
             "OVERFIT_VIEWS": 1,
+            "OVERFIT_NEIGHBOURS": 1,
             "WEIGHT_DECAY": 0,
             "DIFF_WEIGHT": 0,
             "CE_WEIGHT": 0,
@@ -463,14 +470,18 @@ class PromptDiffusionMixin:
             with torch.no_grad():
                 logits = self.model.logits_for(image, cond, base + fit.targets)
             return fit, accuracy(logits.float(), label)
+        rows, k = self.overfit_rows(cond, pd)
         # TRAINER.PD.OVERFIT_CLASSES: all classes, or the true class + the hardest under `base`
         logits_fn, of_label = overfit_loss_classes(
-            self.model, image, cond, base, label, self.num_classes, pd.OVERFIT_CLASSES
-        )
+            self.model, image[rows], cond[rows], base[rows], label[rows], self.num_classes,
+            pd.OVERFIT_CLASSES,
+        )  # fmt: skip
 
         def per_sample_ce(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = logits_fn(base + delta).float()
-            return F.cross_entropy(logits, of_label, reduction="none"), logits
+            # copy i is scored on its k rows (its neighbours' images, each with its own base)
+            logits = logits_fn(base[rows] + delta.repeat_interleave(k, 0)).float()
+            ce = F.cross_entropy(logits, of_label, reduction="none")
+            return ce.view(-1, k).mean(1), logits
 
         def run(lr: float) -> tuple[OverfitResult, float]:
             zero = torch.zeros_like(base[0], dtype=torch.float32)
@@ -486,6 +497,19 @@ class PromptDiffusionMixin:
             return fit, accuracy(fit.aux_after, of_label)
 
         return run(self.overfit_lr(run, base))
+
+    def overfit_rows(self, cond: torch.Tensor, pd) -> tuple[torch.Tensor, int]:
+        """(rows [B * k], k): the batch rows each prompt copy is over-fitted on, copy i's at
+        i * k ... i * k + k - 1. OVERFIT_TARGET label: the image itself (k = 1); neighbours: its
+        OVERFIT_NEIGHBOURS nearest other images by cosine of the condition feature (nearest_rows),
+        so its own label never enters; a batch of one image has no others and uses itself."""
+        own = torch.arange(cond.shape[0], device=cond.device)
+        if pd.OVERFIT_TARGET != "neighbours":
+            return own, 1
+        idx = nearest_rows(cond.float(), pd.OVERFIT_NEIGHBOURS)
+        if idx is None:
+            return own, 1
+        return idx.flatten(), idx.shape[1]
 
     def tune_label_free(
         self, image: torch.Tensor, base: torch.Tensor, generator: torch.Generator

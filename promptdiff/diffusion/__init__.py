@@ -19,8 +19,9 @@ Depends on torch only. The pieces, each usable alone:
   ``sample(cond, steps=5, sampler='ddim', generator=None, noise=None) -> prompts``,
   ``update_ema()``; its state_dict carries the standardisation stats and the EMA weights. Built
   with ``context=True`` both take ``context=`` [B, C], a second condition token (None: none).
-- ``neighbour_context(cond, k, pool=None)``: the mean condition of each sample's k nearest
-  neighbours (cosine) in its batch or in a pool, a ``context`` for the above.
+- ``nearest_rows(cond, k, pool=None)`` / ``neighbour_context(cond, k, pool=None)``: each
+  sample's k nearest neighbours (cosine) in its batch or in a pool, and their mean condition, a
+  ``context`` for the above.
 - ``fit_sums(pred, target, mean)`` / ``fit_figures(sums)``: R^2 and cosine of predicted targets,
   accumulated over batches.
 - ``overfit_per_sample(loss_fn, base, batch_size, steps, lr, optimizer)``: B copies of a prompt,
@@ -28,7 +29,7 @@ Depends on torch only. The pieces, each usable alone:
 """
 
 from promptdiff.diffusion.centering import CENTER_MODES, ClassMeans
-from promptdiff.diffusion.context import neighbour_context
+from promptdiff.diffusion.context import nearest_rows, neighbour_context
 from promptdiff.diffusion.denoiser import PromptDenoiser, timestep_embedding
 from promptdiff.diffusion.ema import ema_update, warmup_decay
 from promptdiff.diffusion.fit import fit_figures, fit_sums
@@ -92,6 +93,7 @@ __all__ = [
     "heun",
     "linear_betas",
     "make_schedule",
+    "nearest_rows",
     "neighbour_context",
     "overfit_per_sample",
     "prediction_target",
