@@ -28,7 +28,8 @@ PACKAGES = {
 # lowest first: a module may import its own layer and those below, never one above
 LAYERS = [
     ("core", ("promptdiff.diffusion", "promptdiff.backbone", "promptdiff.fileio",
-              "promptdiff.imagefiles", "promptdiff.trainer_names", "promptdiff._version")),
+              "promptdiff.imagefiles", "promptdiff.trainer_names", "promptdiff._version",
+              "promptdiff.checkout")),
     ("runtime", ("promptdiff.engine", "promptdiff.config_keys", "promptdiff.host",
                  "promptdiff.results")),
     ("worlds", ("promptdiff.worlds",)),
@@ -315,3 +316,28 @@ def test_every_tool_and_the_results_cli_import_from_anywhere(tmp_path):
     assert "benchmark" in tools and "check_dataset" in tools
     help_text = _outside(tmp_path, "from promptdiff.results.__main__ import main; main(['--help'])")
     assert "usage" in help_text.stdout.lower()
+
+
+def test_a_second_checkouts_promptdiff_refuses_the_installed_trainers(tmp_path):
+    """promptdiff imported from a copy of the project while the install points at this checkout:
+    importing promptdiff.trainers / datasets / tools stops with one sentence naming both folders
+    instead of running the two copies' code together."""
+    import shutil
+    import subprocess
+    import sys
+
+    import promptdiff
+
+    shutil.copytree(os.path.dirname(promptdiff.__file__), tmp_path / "promptdiff")
+    for name in ("trainers", "datasets", "tools"):
+        proc = subprocess.run(
+            [sys.executable, "-c", f"import promptdiff.{name}"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode != 0
+        last = proc.stderr.strip().splitlines()[-1]
+        assert last.startswith("ImportError: promptdiff comes from") and "mixed" in last, last
+        assert str(tmp_path / "promptdiff") in last
