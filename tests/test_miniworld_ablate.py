@@ -165,3 +165,23 @@ def test_figures_reads_both_worlds_dg_runs_under_one_output(tmp_path, monkeypatc
     assert dg == {(k, "paper, 5 steps"): {"CoOpDiff": [1.0]} for k in ("default", "percam")}
     printed = capsys.readouterr().out
     assert "default world, dg" in printed and "percam world, dg" in printed
+
+
+def test_figures_reads_dg_alone_and_names_the_missing_ablation(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path)
+    base_root = os.path.join(out, "ablations", tmw.BASE_PROMPT)
+    for dataset in tmw.shifted_datasets():
+        _evaluated(out, "xd/test", dataset, "CoOpDiff", 1, 50.0)
+    args = ["figures", "--root", "R", "--output", out, "--seeds", "1", "--trainers", "CoOpDiff",
+            "--out-dir", out]  # fmt: skip
+    with pytest.raises(SystemExit, match="ablate --ablations inference_base,steps_1"):
+        tmw.main(args)
+    for dataset in tmw.shifted_datasets():
+        _evaluated(base_root, "xd/test", dataset, "CoOpDiff", 1, 48.0)
+    plotted = {}
+    monkeypatch.setattr(
+        tmw, "plot_gaps", lambda gaps, path, score="HM": plotted.update({path: gaps})
+    )
+    assert tmw.main(args) == 0
+    assert list(plotted) == [os.path.join(out, "generated_minus_base_dg.png")]
+    assert "default world, dg" in capsys.readouterr().out
