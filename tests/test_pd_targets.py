@@ -239,7 +239,11 @@ def test_marginal_entropy_equals_the_plain_formula():
 def entropy_trainer(shapes_root, tiny_weights, tmp_path):
     opts = (*FAST, "TRAINER.PD.OVERFIT_TARGET", "entropy", "TRAINER.PD.OVERFIT_VIEWS", "6",
             "TRAINER.PD.OVERFIT_CONFIDENT", "0.5")  # fmt: skip
-    trainer = _build(_args(shapes_root, tiny_weights, tmp_path, *opts))
+    return _first_batch(_build(_args(shapes_root, tiny_weights, tmp_path, *opts)))
+
+
+def _first_batch(trainer):
+    """(trainer in train mode, image, label, condition and base prompt of its first batch)."""
     trainer.set_model_mode("train")
     trainer.epoch, trainer.batch_idx = 0, 0
     image, label = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
@@ -316,12 +320,7 @@ def test_tune_inference_equals_a_hand_tuning(shapes_root, tiny_weights, tmp_path
 def neighbour_trainer(shapes_root, tiny_weights, tmp_path):
     opts = (*FAST, "TRAINER.PD.OVERFIT_TARGET", "neighbours", "TRAINER.PD.OVERFIT_NEIGHBOURS", "2",
             "TRAINER.PD.OVERFIT_CLASSES", "0")  # fmt: skip
-    trainer = _build(_args(shapes_root, tiny_weights, tmp_path, *opts))
-    trainer.set_model_mode("train")
-    image, label = trainer.parse_batch_train(next(iter(trainer.train_loader_x)))
-    with torch.no_grad():
-        cond = trainer.model.condition(image)
-    return trainer, image, label, cond, trainer.model.base_prompt(cond).detach()
+    return _first_batch(_build(_args(shapes_root, tiny_weights, tmp_path, *opts)))
 
 
 def test_neighbour_targets_never_read_their_own_label(neighbour_trainer):
