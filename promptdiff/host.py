@@ -93,7 +93,8 @@ elif HOST == "dassl":
         check_trainer = _builtin.SimpleTrainer.check_trainer
         accepts_checkpoint_of = _builtin.SimpleTrainer.accepts_checkpoint_of
         check_run_identity = _builtin.SimpleTrainer.check_run_identity
-        config_namespaces = _builtin.SimpleTrainer.config_namespaces
+        # the function itself: bound to SimpleTrainer it would read SimpleTrainer's MRO
+        config_namespaces = classmethod(_builtin.SimpleTrainer.config_namespaces.__func__)
         trained_epochs = _builtin.SimpleTrainer.trained_epochs
         evaluated_epoch = None
         before_test = _builtin.SimpleTrainer.before_test

@@ -32,29 +32,11 @@ def trainer_cfg(cfg, key: str):
     return getattr(cfg.TRAINER, key)
 
 
-def read_namespaces(cls: type) -> tuple[str, ...]:
-    """The TRAINER.<NS> blocks a trainer class reads: the CFG_KEY and CFG_ALSO_READS each class
-    of its MRO sets itself (tests/test_run_identity_namespaces.py records the reads)."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        own = vars(klass)
-        for name in ([own["CFG_KEY"]] if own.get("CFG_KEY") else []) + list(
-            own.get("CFG_ALSO_READS", ())
-        ):
-            if name not in names:
-                names.append(name)
-    return tuple(names)
-
-
 class ClipPromptTrainer(TrainerX):
     """TrainerX for a frozen CLIP with learnable prompts; subclasses set CFG_KEY (and
     CFG_ALSO_READS for other TRAINER blocks they read)."""
 
     CFG_KEY = ""
-
-    @classmethod
-    def config_namespaces(cls) -> tuple[str, ...]:
-        return read_namespaces(cls)
 
     def check_cfg(self, cfg) -> None:
         prec = trainer_cfg(cfg, self.CFG_KEY).PREC

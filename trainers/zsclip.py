@@ -9,7 +9,6 @@ from promptdiff.backbone import cast_for_precision, check_input_size, load_clip
 from promptdiff.backbone.classifier import dataset_template
 from promptdiff.config_keys import declare_keys
 from promptdiff.host import TRAINER_REGISTRY, TrainerX, log
-from promptdiff.trainers.base import read_namespaces
 from promptdiff.trainers.prompted import TemplateCLIP, build_prompted_clip
 
 declare_keys("TRAINER.ZSCLIP", PREC="fp16")
@@ -20,10 +19,6 @@ class ZeroshotCLIP(TrainerX):
     """Classifies with CLIP's features of "<template with class name>"; nothing is trained."""
 
     CFG_KEY = "ZSCLIP"  # its TRAINER.ZSCLIP block, named as the prompted trainers name theirs
-
-    @classmethod
-    def config_namespaces(cls) -> tuple[str, ...]:
-        return read_namespaces(cls)
 
     def build_model(self) -> None:
         cfg = self.cfg

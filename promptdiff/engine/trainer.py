@@ -642,9 +642,16 @@ class SimpleTrainer(TrainerBase):
 
     @classmethod
     def config_namespaces(cls) -> tuple[str, ...] | None:
-        """The TRAINER.<NS> blocks this trainer reads (run identity compares only these); None:
-        all of them."""
-        return None
+        """The TRAINER.<NS> blocks this trainer reads, which run identity compares: the CFG_KEY
+        and CFG_ALSO_READS each class of its MRO sets itself (tests/test_run_identity_namespaces.py
+        records the reads); None, all blocks, for a trainer that names none."""
+        names: list[str] = []
+        for klass in cls.__mro__:
+            own = vars(klass)
+            for name in [own.get("CFG_KEY", ""), *own.get("CFG_ALSO_READS", ())]:
+                if name and name not in names:
+                    names.append(name)
+        return tuple(names) or None
 
     def weights_identity(self) -> dict | None:
         """{path, size, sha256} of the pretrained weights the model is built on (None: none)."""
