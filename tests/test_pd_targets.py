@@ -332,8 +332,8 @@ def test_neighbour_targets_never_read_their_own_label(neighbour_trainer):
     again, _ = trainer.overfit(image, changed, cond, base)
     assert torch.equal(again.targets[i], fit.targets[i])
     # the copies whose neighbourhood holds image i do read its label
-    rows, k = trainer.overfit_rows(cond, trainer.cfg.TRAINER.PD)
-    readers = [j for j in range(len(label)) if i in rows[j * k : (j + 1) * k].tolist()]
+    near = trainer.overfit_neighbours(cond, trainer.cfg.TRAINER.PD)
+    readers = [j for j in range(len(label)) if i in near[j].tolist()]
     assert readers and all(not torch.equal(again.targets[j], fit.targets[j]) for j in readers)
     assert fit.mean_after < fit.mean_before
 
@@ -349,8 +349,8 @@ def test_neighbour_targets_equal_a_hand_over_fitting(neighbour_trainer):
     sim.fill_diagonal_(-float("inf"))
     i = 1
     near = sim[i].topk(2).indices.sort().values
-    rows, k = trainer.overfit_rows(cond, trainer.cfg.TRAINER.PD)
-    assert k == 2 and rows[i * k : (i + 1) * k].tolist() == near.tolist()
+    picked = trainer.overfit_neighbours(cond, trainer.cfg.TRAINER.PD)
+    assert picked.shape[1] == 2 and picked[i].tolist() == near.tolist()
 
     def loss(delta):  # one copy, alone: a batch of 1 over the two neighbours
         logits = trainer.model.logits_for(

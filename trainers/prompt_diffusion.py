@@ -470,18 +470,24 @@ class PromptDiffusionMixin:
             with torch.no_grad():
                 logits = self.model.logits_for(image, cond, base + fit.targets)
             return fit, accuracy(logits.float(), label)
-        rows, k = self.overfit_rows(cond, pd)
+        near = self.overfit_neighbours(cond, pd)
+        k = 1 if near is None else near.shape[1]
+        # copy i is scored on its own image, or on its k neighbours' (each with its own base)
+        on = [image, cond, base, label]
+        if near is not None:
+            on = [t[near.flatten()] for t in on]
+        on_base = on[2]
         # TRAINER.PD.OVERFIT_CLASSES: all classes, or the true class + the hardest under `base`
         logits_fn, of_label = overfit_loss_classes(
-            self.model, image[rows], cond[rows], base[rows], label[rows], self.num_classes,
-            pd.OVERFIT_CLASSES,
-        )  # fmt: skip
+            self.model, *on, self.num_classes, pd.OVERFIT_CLASSES
+        )
 
         def per_sample_ce(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # copy i is scored on its k rows (its neighbours' images, each with its own base)
-            logits = logits_fn(base[rows] + delta.repeat_interleave(k, 0)).float()
-            ce = F.cross_entropy(logits, of_label, reduction="none")
-            return ce.view(-1, k).mean(1), logits
+            if k == 1:
+                logits = logits_fn(on_base + delta).float()
+                return F.cross_entropy(logits, of_label, reduction="none"), logits
+            logits = logits_fn(on_base + delta.repeat_interleave(k, 0)).float()
+            return F.cross_entropy(logits, of_label, reduction="none").view(-1, k).mean(1), logits
 
         def run(lr: float) -> tuple[OverfitResult, float]:
             zero = torch.zeros_like(base[0], dtype=torch.float32)
@@ -498,18 +504,14 @@ class PromptDiffusionMixin:
 
         return run(self.overfit_lr(run, base))
 
-    def overfit_rows(self, cond: torch.Tensor, pd) -> tuple[torch.Tensor, int]:
-        """(rows [B * k], k): the batch rows each prompt copy is over-fitted on, copy i's at
-        i * k ... i * k + k - 1. OVERFIT_TARGET label: the image itself (k = 1); neighbours: its
-        OVERFIT_NEIGHBOURS nearest other images by cosine of the condition feature (nearest_rows),
-        so its own label never enters; a batch of one image has no others and uses itself."""
-        own = torch.arange(cond.shape[0], device=cond.device)
+    def overfit_neighbours(self, cond: torch.Tensor, pd) -> torch.Tensor | None:
+        """[B, k] batch rows each prompt copy is over-fitted on with OVERFIT_TARGET neighbours:
+        its image's OVERFIT_NEIGHBOURS nearest other images by cosine of the condition feature
+        (nearest_rows), so its own label never enters; None (each copy on its own image) for the
+        other targets and for a batch of one image, which has no others."""
         if pd.OVERFIT_TARGET != "neighbours":
-            return own, 1
-        idx = nearest_rows(cond.float(), pd.OVERFIT_NEIGHBOURS)
-        if idx is None:
-            return own, 1
-        return idx.flatten(), idx.shape[1]
+            return None
+        return nearest_rows(cond.float(), pd.OVERFIT_NEIGHBOURS)
 
     def tune_label_free(
         self, image: torch.Tensor, base: torch.Tensor, generator: torch.Generator
